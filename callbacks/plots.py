@@ -1,0 +1,137 @@
+"""Embedding plots: an image-caption similarity matrix and a 2-D PCA of both modalities.
+
+Written at the end of fit (from the last validation epoch, sanity check excluded), at the end of
+a stand-alone ``trainer.validate`` and at the end of test (files prefixed ``test_``). Each rank
+keeps the first ``max_points`` rows it sees; only global rank 0 draws, from its own rows (its
+share of the split under DDP). Nothing here is collective, so no rank waits on another.
+"""
+
+from __future__ import annotations
+
+import modules.env  # noqa: F401
+
+# isort: split
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from callbacks.metrics import first_occurrence
+
+_KEYS = ("image", "text", "image_id", "index")
+
+
+class EmbeddingPlots(pl.Callback):
+    """Writes ``{prefix}similarity_matrix.png`` and ``{prefix}embedding_pca.png`` to
+    ``output_dir`` and, with an ``MLFlowLogger``, logs them as artifacts under ``plots/``."""
+
+    def __init__(
+        self,
+        output_dir: str | Path = "plots",
+        max_points: int = 1024,
+        matrix_size: int = 64,
+        pair_lines: int = 8,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.max_points = max_points
+        self.matrix_size = matrix_size
+        self.pair_lines = pair_lines
+        self._rows: dict[str, list[dict[str, Tensor]]] = {"val": [], "test": []}
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._rows["val"] = []
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._rows["test"] = []
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if not trainer.sanity_checking:
+            self._keep("val", outputs)
+
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._keep("test", outputs)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write(trainer, "val", "")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            self._write(trainer, "val", "")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write(trainer, "test", "test_")
+
+    # -- work ----------------------------------------------------------------------------------
+    def _keep(self, stage: str, outputs: Any) -> None:
+        kept = sum(len(r["index"]) for r in self._rows[stage])
+        room = self.max_points - kept
+        if not outputs or room <= 0:
+            return
+        kept_rows = {k: outputs[k][:room].detach().cpu() for k in _KEYS}
+        for k in ("image", "text"):
+            kept_rows[k] = kept_rows[k].float()
+        self._rows[stage].append(kept_rows)
+
+    def _write(self, trainer: pl.Trainer, stage: str, prefix: str) -> None:
+        if not trainer.is_global_zero or not self._rows[stage]:
+            return
+        rows = {k: torch.cat([r[k] for r in self._rows[stage]]) for k in _KEYS}
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        paths = [
+            self._similarity_matrix(rows, self.output_dir / f"{prefix}similarity_matrix.png"),
+            self._projection(rows, self.output_dir / f"{prefix}embedding_pca.png"),
+        ]
+        for logger in trainer.loggers:
+            if isinstance(logger, MLFlowLogger):
+                for path in paths:
+                    logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="plots")
+
+    def _similarity_matrix(self, rows: dict[str, Tensor], path: Path) -> Path:
+        """Cosine similarity of the first images against the first caption of each of them."""
+        first = first_occurrence(rows["image_id"]).sort().values[: self.matrix_size]
+        image = F.normalize(rows["image"][first], dim=1)
+        text = F.normalize(rows["text"][first], dim=1)
+        fig = Figure(figsize=(6, 5))
+        ax = fig.add_subplot()
+        shown = ax.imshow((image @ text.T).numpy(), cmap="viridis", vmin=-1, vmax=1)
+        fig.colorbar(shown, ax=ax, label="cosine similarity")
+        ax.set(xlabel="caption (first of image j)", ylabel="image i")
+        ax.set_title(f"image-caption similarity, {len(first)} images")
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        return path
+
+    def _projection(self, rows: dict[str, Tensor], path: Path) -> Path:
+        """Joint 2-D PCA (exact SVD) of distinct images and distinct captions."""
+        images = first_occurrence(rows["image_id"])
+        texts = first_occurrence(rows["index"])
+        image = F.normalize(rows["image"][images], dim=1)
+        text = F.normalize(rows["text"][texts], dim=1)
+        both = torch.cat([image, text])
+        centred = both - both.mean(dim=0)
+        _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+        xy = (centred @ vh[:2].T).numpy()
+        explained = (s[:2].pow(2).sum() / s.pow(2).sum().clamp_min(1e-12)).item()
+        img_xy, txt_xy = xy[: len(image)], xy[len(image) :]
+        fig = Figure(figsize=(6, 5))
+        ax = fig.add_subplot()
+        for t in range(min(self.pair_lines, len(texts))):
+            i = int(torch.searchsorted(rows["image_id"][images], rows["image_id"][texts[t]]))
+            ax.plot(*zip(img_xy[i], txt_xy[t], strict=True), color="grey", lw=0.8, zorder=1)
+        ax.scatter(img_xy[:, 0], img_xy[:, 1], s=10, label="image", zorder=2)
+        ax.scatter(txt_xy[:, 0], txt_xy[:, 1], s=10, label="text", zorder=2)
+        ax.legend()
+        ax.set_title(f"PCA of normalised embeddings ({100 * explained:.0f}% variance)")
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        return path

@@ -1,0 +1,212 @@
+"""Shared DataModule plumbing: cache location, compact caption index, pair dataset, loaders.
+
+Every paired-modality datamodule (image-text, video-text, audio, medical) has items (an image,
+a clip, a study) with one or more captions. :class:`Captions` keeps them as flat arrays rather
+than Python objects, so dataloader workers and DDP ranks do not each copy a huge list;
+:class:`PairDataset` turns items and captions into samples; :class:`TokenizeCollate` stacks
+samples and tokenizes the text; :class:`PairDataModule` builds the loaders.
+"""
+
+from __future__ import annotations
+
+import modules.env  # noqa: F401  (first: environment for lightning's imports)
+
+# isort: split
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from modules.towers.tokenizer import WordTokenizer
+
+TRAIN_PAIRS = ("image", "caption")
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    """``cache_dir``, else ``$ALIGNLAB_CACHE``, else ``~/.cache/alignlab``."""
+    root = cache_dir or os.environ.get("ALIGNLAB_CACHE") or Path.home() / ".cache" / "alignlab"
+    return Path(root).expanduser()
+
+
+def pack_strings(strings: Sequence[str]) -> np.ndarray:
+    """UTF-8 bytes in one fixed-width numpy array (no per-string Python objects)."""
+    return np.array([s.encode("utf-8") for s in strings], dtype=np.bytes_)
+
+
+@dataclass(frozen=True)
+class Captions:
+    """Captions of one split: caption ``k`` is ``text(k)`` and describes item ``item[k]``;
+    the captions of item ``i`` are ``offsets[i]:offsets[i + 1]``."""
+
+    texts: np.ndarray  # bytes [C]
+    item: np.ndarray  # int64 [C]
+    offsets: np.ndarray  # int64 [N + 1]
+
+    @classmethod
+    def from_lists(cls, captions: Sequence[Sequence[str]]) -> Captions:
+        """From one list of captions per item (each non-empty), in item order."""
+        counts = np.array([len(c) for c in captions], dtype=np.int64)
+        if (counts == 0).any():
+            raise ValueError(f"item {int(np.argmin(counts))} has no caption")
+        return cls(
+            texts=pack_strings([text for group in captions for text in group]),
+            item=np.repeat(np.arange(len(captions), dtype=np.int64), counts),
+            offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.offsets) - 1
+
+    def text(self, k: int) -> str:
+        return self.texts[k].decode("utf-8")
+
+    def all_texts(self) -> list[str]:
+        return [t.decode("utf-8") for t in self.texts]
+
+
+@dataclass(frozen=True)
+class FileCaptions:
+    """A split read from disk: item ``i`` is the file ``path(i)`` (an image, a clip), known in
+    the source as ``keys[i]`` (e.g. a COCO image id), with its captions in ``captions``."""
+
+    paths: np.ndarray  # bytes [N]: absolute paths, UTF-8
+    keys: np.ndarray  # bytes [N]
+    captions: Captions
+
+    def path(self, i: int) -> str:
+        return self.paths[i].decode("utf-8")
+
+
+class PairDataset(Dataset):
+    """(item, caption) samples.
+
+    ``pairs="caption"``: one sample per caption, in caption order (evaluation sees every pair).
+    ``pairs="image"``: one sample per item with a caption drawn afresh each time from torch's
+    RNG (seeded per worker and epoch by the DataLoader), so a batch holds each item at most once.
+    A sample is ``load(item)`` plus ``text``, ``index`` (caption id), ``<id_key>`` (item id) and
+    ``label/<task>`` from ``labels[task][item]``.
+    """
+
+    def __init__(
+        self,
+        captions: Captions,
+        load: Callable[[int], dict[str, torch.Tensor]],
+        labels: dict[str, np.ndarray] | None = None,
+        pairs: str = "caption",
+        id_key: str = "image_id",
+    ) -> None:
+        if pairs not in TRAIN_PAIRS:
+            raise ValueError(f"pairs must be one of {TRAIN_PAIRS}, got {pairs!r}")
+        self.captions, self.load, self.pairs, self.id_key = captions, load, pairs, id_key
+        self.labels = labels or {}
+
+    def __len__(self) -> int:
+        return len(self.captions) if self.pairs == "caption" else self.captions.num_items
+
+    def __getitem__(self, k: int) -> dict:
+        if self.pairs == "image":
+            item = int(k)
+            lo, hi = self.captions.offsets[item], self.captions.offsets[item + 1]
+            caption = int(lo + torch.randint(int(hi - lo), ()).item())
+        else:
+            caption, item = int(k), int(self.captions.item[k])
+        sample = self.load(item)
+        sample.update(text=self.captions.text(caption), index=caption, **{self.id_key: item})
+        for task, ids in self.labels.items():
+            sample[f"label/{task}"] = int(ids[item])
+        return sample
+
+
+class TokenizeCollate:
+    """Stacks tensors, turns ints into a long tensor, tokenizes ``text`` into ``text_ids`` and
+    ``text_mask``."""
+
+    def __init__(self, tokenizer: WordTokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        batch: dict[str, torch.Tensor] = {}
+        for key in samples[0]:
+            values = [s[key] for s in samples]
+            if key == "text":
+                batch["text_ids"], batch["text_mask"] = self.tokenizer.encode(values)
+            elif isinstance(values[0], torch.Tensor):
+                batch[key] = torch.stack(values)
+            else:
+                batch[key] = torch.tensor(values, dtype=torch.long)
+        return batch
+
+
+class PairDataModule(L.LightningDataModule):
+    """Loaders over ``self.datasets[split]``; subclasses fill ``datasets`` and ``tokenizer``
+    in ``setup``.
+
+    Training shuffles with a generator seeded by ``seed`` and drops the last partial batch
+    (a contrastive loss on a small remainder batch has few negatives and a different scale);
+    evaluation keeps the order and every sample.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int,
+        seed: int,
+        tokenizer: WordTokenizer | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1 or num_workers < 0:
+            raise ValueError("batch sizes must be positive and num_workers non-negative")
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers, self.seed = num_workers, seed
+        self.tokenizer = tokenizer
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def zero_shot_tasks(self) -> dict[str, list[str]]:
+        """Task -> one prompt per class, in label-id order (none by default)."""
+        return {}
+
+    def build_tokenizer(self, texts: Sequence[str], max_len: int) -> None:
+        """Set ``self.tokenizer`` from training texts unless one was given."""
+        if self.tokenizer is None:
+            self.tokenizer = WordTokenizer.build(texts, max_len=max_len)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if split not in self.datasets or self.tokenizer is None:
+            raise RuntimeError(f"split {split!r} is not set up; call setup() first")
+        dataset = self.datasets[split]
+        if train and len(dataset) < self.batch_size:
+            raise ValueError(
+                f"train split has {len(dataset)} samples, fewer than batch_size "
+                f"{self.batch_size}: every batch would be dropped"
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=TokenizeCollate(self.tokenizer),
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+        )

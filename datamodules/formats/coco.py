@@ -1,0 +1,52 @@
+"""COCO captions annotation files (``captions_train2017.json`` and the Karpathy-style splits
+written in the same form): ``images`` with ``id`` and ``file_name`` (relative to the image
+directory), ``annotations`` with ``image_id`` and ``caption``. Images without captions are
+left out; items keep the order of ``images``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from datamodules.base import Captions, FileCaptions, pack_strings
+
+
+def read_coco(annotations: str | Path, image_dir: str | Path) -> FileCaptions:
+    """``ValueError`` names the file and the entry (``images[i]``, ``annotations[i]``)."""
+    annotations, image_dir = Path(annotations), Path(image_dir)
+    if not annotations.is_file():
+        raise FileNotFoundError(f"COCO annotation file {annotations} not found")
+    try:
+        data = json.loads(annotations.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{annotations}:{err.lineno}: invalid JSON ({err.msg})") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), list) for k in ("images", "annotations")
+    ):
+        raise ValueError(f"{annotations}: expected lists 'images' and 'annotations'")
+    files: dict[int | str, str] = {}
+    for n, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or not isinstance(image.get("file_name"), str):
+            raise ValueError(f"{annotations}: images[{n}] needs a 'file_name' string")
+        if not isinstance(image.get("id"), int | str) or image["id"] in files:
+            raise ValueError(f"{annotations}: images[{n}] has a missing or repeated 'id'")
+        files[image["id"]] = image["file_name"]
+    captions: dict[int | str, list[str]] = {}
+    for n, ann in enumerate(data["annotations"]):
+        text = ann.get("caption") if isinstance(ann, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{annotations}: annotations[{n}] needs a non-empty 'caption'")
+        if not isinstance(ann.get("image_id"), int | str) or ann["image_id"] not in files:
+            raise ValueError(
+                f"{annotations}: annotations[{n}] refers to unknown image_id {ann.get('image_id')!r}"
+            )
+        captions.setdefault(ann["image_id"], []).append(text.strip())
+    ids = [i for i in files if i in captions]
+    if not ids:
+        raise ValueError(f"{annotations}: no image has a caption")
+    return FileCaptions(
+        paths=pack_strings([str(image_dir / files[i]) for i in ids]),
+        keys=pack_strings([str(i) for i in ids]),
+        captions=Captions.from_lists([captions[i] for i in ids]),
+    )

@@ -1,0 +1,1 @@
+"""Experiment entry point, configuration, stage chaining and MLflow bookkeeping."""

@@ -1,0 +1,313 @@
+"""Experiment configuration: YAML -> OmegaConf structured config, inheritance, overrides, checks.
+
+A YAML file may name a parent with ``base: other.yaml`` (relative to the file); the child
+overrides the parent and ``key=value`` arguments override both. Blocks that carry a ``name``
+(``method``, ``data``, ``model.image``, ``model.text``) are replaced rather than merged when
+the child picks a different name, so switching method never inherits the old method's keys.
+
+Every problem is raised as one ``ConfigError`` whose message names the key path, before any
+work starts: unknown keys, wrong types, missing required values, unknown registry names.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
+
+from modules.registry import DATAMODULES, METHODS, TOWERS, Registry, UnknownNameError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported as one line naming the key path."""
+
+
+@dataclass
+class ModelConfig:
+    """The two towers, the shared embedding width and the temperature."""
+
+    embed_dim: int = 128
+    image: Any = field(default_factory=lambda: {"name": "cnn"})
+    text: Any = field(default_factory=lambda: {"name": "transformer"})
+    temperature: float = 0.07
+    learnable_temperature: bool = True
+    max_logit_scale: float = 100.0
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr`` (per step)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    """The subset of ``lightning.Trainer`` arguments an experiment may set."""
+
+    max_epochs: int = 5
+    max_steps: int = -1
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    log_every_n_steps: int = 10
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    check_val_every_n_epoch: int = 1
+    gradient_clip_val: float | None = None
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    """MLflow tracking; ``tracking_uri`` None means the project's sqlite store in ``mlflow/``."""
+
+    tracking_uri: str | None = None
+    experiment_name: str | None = None
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment. With ``stages``, each stage is this config overridden by its block."""
+
+    name: str = MISSING
+    seed: int = 0
+    method: Any = MISSING
+    data: Any = field(default_factory=lambda: {"name": "image_text"})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    output_dir: str = "outputs"
+    init_from: str | None = None
+    teacher_from: str | None = None
+    rerun_stages: bool = False
+    stages: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Stage:
+    """A fully resolved stage: its name, validated config and plain-dict form."""
+
+    name: str
+    cfg: DictConfig
+    plain: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_yaml_chain(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML at ``path`` merged over its ``base:`` ancestors (plain dicts)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    resolved = path.resolve()
+    if resolved in _seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: invalid YAML") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    parent = raw.pop("base", None)
+    if parent is None:
+        return raw
+    return merge(load_yaml_chain(path.parent / parent, (*_seen, resolved)), raw)
+
+
+def merge(parent: Any, child: Any) -> Any:
+    """Deep-merge plain containers; a named block with a new ``name`` replaces the old one."""
+    if not (isinstance(parent, dict) and isinstance(child, dict)):
+        return copy.deepcopy(child)
+    if "name" in child and "name" in parent and child["name"] != parent["name"]:
+        return copy.deepcopy(child)
+    out = copy.deepcopy(parent)
+    for key, value in child.items():
+        out[key] = merge(out[key], value) if key in out else copy.deepcopy(value)
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``a.b=1`` arguments as a nested dict (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        try:
+            parsed = yaml.safe_load(value) if value else None
+        except yaml.YAMLError:
+            parsed = value
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is already set to a value")
+        node[leaf] = parsed
+    return out
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _expected_type(err: ValidationError) -> str:
+    msg = str(err.msg)
+    marker = "could not be converted to "
+    if marker in msg:
+        return msg.split(marker, 1)[1].split()[0].lower()
+    return msg.splitlines()[0]
+
+
+def _structured(schema: type, raw: Any, prefix: str) -> DictConfig:
+    """``raw`` validated against dataclass ``schema``; errors name ``prefix`` + key path."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.')}: expected a mapping, got {raw!r}")
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), raw)
+    except ConfigKeyError as err:
+        known = ", ".join(_field_names(schema, str(err.full_key)))
+        raise ConfigError(f"{prefix}{err.full_key}: unknown key (known: {known})") from None
+    except ValidationError as err:
+        raise ConfigError(
+            f"{prefix}{err.full_key}: expected {_expected_type(err)}, got {err.value!r}"
+        ) from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{prefix}{err.full_key}: {str(err.msg).splitlines()[0]}") from None
+
+
+def _field_names(schema: type, full_key: str) -> list[str]:
+    """Field names of the (nested) dataclass that holds ``full_key``'s last part."""
+    node = OmegaConf.structured(schema)
+    for part in full_key.split(".")[:-1]:
+        child = node.get(part) if isinstance(node, DictConfig) else None
+        if not isinstance(child, DictConfig):
+            break
+        node = child
+    return sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _registered(registry: Registry, raw: Any, path: str) -> DictConfig:
+    """A named block validated against its registered config dataclass."""
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise ConfigError(f"{path}.name: missing required value (known: {registry.names()})")
+    try:
+        entry = registry.get(raw["name"])
+    except UnknownNameError as err:
+        raise ConfigError(f"{path}.name: {err}") from None
+    return _structured(entry.config, raw, f"{path}.")
+
+
+def validate(raw: dict[str, Any]) -> DictConfig:
+    """A single-stage raw dict as a validated ``ExperimentConfig`` DictConfig."""
+    cfg = _structured(ExperimentConfig, raw, "")
+    if OmegaConf.is_missing(cfg, "method"):
+        raise ConfigError("method: missing required value")
+    cfg.method = _registered(METHODS, OmegaConf.to_container(cfg.method), "method")
+    cfg.data = _registered(DATAMODULES, OmegaConf.to_container(cfg.data), "data")
+    for side in ("image", "text"):
+        tower = _registered(TOWERS, OmegaConf.to_container(cfg.model[side]), f"model.{side}")
+        cfg.model[side] = tower
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]}: missing required value")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def resolve_stages(raw: dict[str, Any]) -> list[Stage]:
+    """The experiment's stages in order; a config without ``stages`` is one stage, ``main``."""
+    stage_blocks = raw.get("stages") or {"main": {}}
+    if not isinstance(stage_blocks, dict):
+        raise ConfigError(f"stages: expected a mapping of stage name -> overrides, got {stage_blocks!r}")
+    shared = {k: v for k, v in raw.items() if k != "stages"}
+    stages: list[Stage] = []
+    for name, block in stage_blocks.items():
+        block = block or {}
+        if not isinstance(block, dict):
+            raise ConfigError(f"stages.{name}: expected a mapping, got {block!r}")
+        if "stages" in block:
+            raise ConfigError(f"stages.{name}.stages: stages cannot nest")
+        try:
+            cfg = validate(merge(shared, block))
+        except ConfigError as err:
+            key = str(err).split(":", 1)[0]
+            in_block = raw.get("stages") and _has_path(block, key)
+            raise ConfigError(f"stages.{name}.{err}" if in_block else str(err)) from None
+        earlier = [s.name for s in stages]
+        for key in ("init_from", "teacher_from"):
+            ref = cfg[key]
+            if ref is not None and ref not in earlier and not Path(ref).is_file():
+                raise ConfigError(
+                    f"stages.{name}.{key}: {ref!r} is neither an earlier stage {earlier} "
+                    "nor a checkpoint file"
+                )
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        plain.pop("stages")
+        stages.append(Stage(name, cfg, plain))
+    return stages
+
+
+def _has_path(tree: Any, dotted: str) -> bool:
+    """Whether ``dotted`` (or its first part that is a leaf) is set in ``tree``."""
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> list[Stage]:
+    """Load ``path`` with its parents and ``key=value`` overrides into resolved stages."""
+    raw = merge(load_yaml_chain(path), parse_overrides(overrides or []))
+    return resolve_stages(raw)
+
+
+def config_hash(plain: dict[str, Any], upstream: list[str] | None = None) -> str:
+    """Short hash of what determines a stage's result (not where it is logged)."""
+    relevant = {k: v for k, v in plain.items() if k not in ("logger", "name", "rerun_stages")}
+    relevant["trainer"] = {
+        k: v for k, v in relevant["trainer"].items() if k not in ("enable_progress_bar",)
+    }
+    blob = json.dumps({"config": relevant, "upstream": upstream or []}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists become one value)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        out.update(flatten(value, name) if isinstance(value, dict) and value else {name: value})
+    return out

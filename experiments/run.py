@@ -1,0 +1,58 @@
+"""Train, validate and test one experiment; log it to MLflow.
+
+    python experiments/run.py experiments/hycd.yaml [key=value ...]
+
+Configuration errors are reported as one line naming the key path, exit code 2, before any work.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
+
+import modules.env  # noqa: E402, F401  (before lightning and mlflow)
+from experiments.config import ConfigError, load_experiment  # noqa: E402
+
+USAGE = "usage: python experiments/run.py CONFIG.yaml [key=value ...]"
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    try:
+        stages = load_experiment(argv[0], argv[1:])
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="alignlab: %(message)s")
+    from experiments.stages import run_experiment
+
+    start = time.perf_counter()
+    results = run_experiment(stages)
+    summarise(results, time.perf_counter() - start)
+    return 0
+
+
+def summarise(results: list, seconds: float) -> None:
+    """Print each stage's headline test metrics and where its run is."""
+    keys = (
+        "test/retrieval/image_to_text/R1",
+        "test/retrieval/text_to_image/R1",
+        "test/modality_gap",
+        "test/alignment",
+    )
+    print(f"\nfinished in {seconds:.0f} s")
+    for result in results:
+        shown = ", ".join(f"{k.split('/', 1)[1]}={result.metrics[k]:.3f}" for k in keys if k in result.metrics)
+        origin = "reused" if result.cached else f"{result.seconds:.0f} s"
+        print(f"  {result.name} [{result.hash}, {origin}]: {shown}")
+        print(f"    checkpoint {result.checkpoint}, MLflow run {result.run_id}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,232 @@
+"""Run an experiment: its stages in order, each trained, validated, tested and logged.
+
+A stage's result (final checkpoint + test metrics) is stored under
+``<output_dir>/<stage>-<config hash>/``. Stages before the last are reused from there when an
+identical stage (same resolved config and same upstream stages) has finished before, unless
+``rerun_stages=true``; the last stage is the experiment itself and always runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import modules.env  # noqa: F401  (before lightning)
+import lightning as L
+import yaml
+from lightning.pytorch.loggers import MLFlowLogger
+
+from callbacks.evaluation import EmbeddingMetrics
+from callbacks.plots import EmbeddingPlots
+from experiments.config import Stage, config_hash
+from experiments.tracking import Tracker
+from modules.base import as_dataclass, load_checkpoint
+from modules.registry import DATAMODULES, METHODS
+from modules.towers.tokenizer import WordTokenizer
+
+log = logging.getLogger("alignlab")
+DONE = "result.json"
+
+
+@dataclass
+class StageResult:
+    """Where a finished stage's checkpoint is and what its test metrics were."""
+
+    name: str
+    hash: str
+    checkpoint: Path
+    metrics: dict[str, float]
+    run_id: str | None
+    cached: bool
+    seconds: float
+
+
+def stage_hashes(stages: list[Stage]) -> dict[str, str]:
+    """Each stage's hash, chained through the stages it starts from."""
+    hashes: dict[str, str] = {}
+    for stage in stages:
+        upstream = []
+        for key in ("init_from", "teacher_from"):
+            ref = stage.plain[key]
+            if ref in hashes:
+                upstream.append(f"{key}:{hashes[ref]}")
+            elif ref is not None:
+                stat = Path(ref).stat()
+                upstream.append(f"{key}:{Path(ref).resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+        hashes[stage.name] = config_hash(stage.plain, upstream)
+    return hashes
+
+
+def _names(stage: Stage) -> tuple[str, str]:
+    return stage.plain["method"]["name"], stage.plain["data"]["name"]
+
+
+def run_experiment(stages: list[Stage], tracker: Tracker | None = None) -> list[StageResult]:
+    """Train/reuse every stage in order; log them to MLflow (nested when there are several)."""
+    first = stages[-1].plain
+    hashes = stage_hashes(stages)
+    tracker = tracker or Tracker(
+        first["logger"]["tracking_uri"], first["logger"]["experiment_name"] or first["name"]
+    )
+    parent_id = None
+    if len(stages) > 1:
+        method, data = _names(stages[-1])
+        parent_id = tracker.start_run(
+            f"{first['name']}-{data}-{hashes[stages[-1].name]}",
+            {"alignlab.method": method, "alignlab.data": data, "alignlab.stages": ",".join(hashes)},
+        )
+        tracker.log_artifact(parent_id, _write_yaml(stages, hashes))
+    results: dict[str, StageResult] = {}
+    ok = False
+    try:
+        for i, stage in enumerate(stages):
+            stage_dir = Path(stage.plain["output_dir"]) / f"{stage.name}-{hashes[stage.name]}"
+            reusable = i < len(stages) - 1 and not stage.plain["rerun_stages"]
+            if reusable and (stage_dir / DONE).is_file():
+                results[stage.name] = _reuse(stage, stage_dir, tracker, parent_id)
+            else:
+                results[stage.name] = _train(stage, hashes[stage.name], stage_dir, results, tracker, parent_id)
+        ok = True
+    finally:
+        if parent_id is not None:
+            if ok:
+                final = results[stages[-1].name].metrics
+                tracker.log_metrics(parent_id, {k: v for k, v in final.items() if k.startswith("test/")})
+            tracker.finish(parent_id, ok)
+    return list(results.values())
+
+
+def _write_yaml(stages: list[Stage], hashes: dict[str, str]) -> Path:
+    out = Path(stages[-1].plain["output_dir"]) / f"experiment-{hashes[stages[-1].name]}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump({"stages": {s.name: s.plain for s in stages}}, sort_keys=False))
+    return out
+
+
+def _reuse(stage: Stage, stage_dir: Path, tracker: Tracker, parent_id: str | None) -> StageResult:
+    saved = json.loads((stage_dir / DONE).read_text())
+    log.info(
+        "stage %s: reusing the finished stage with config hash %s from %s (rerun_stages=true to retrain)",
+        stage.name,
+        saved["hash"],
+        stage_dir,
+    )
+    method, data = _names(stage)
+    run_id = tracker.start_run(
+        f"{stage.name}:{method}-{data}-{saved['hash']}",
+        {
+            "alignlab.stage": stage.name,
+            "alignlab.method": method,
+            "alignlab.data": data,
+            "alignlab.config_hash": saved["hash"],
+            "alignlab.cached": "true",
+            "alignlab.source_run_id": str(saved.get("run_id")),
+        },
+        parent_id,
+    )
+    tracker.log_params(run_id, stage.plain)
+    tracker.log_metrics(run_id, saved["metrics"])
+    tracker.finish(run_id, True)
+    return StageResult(stage.name, saved["hash"], stage_dir / "model.ckpt", saved["metrics"], run_id, True, 0.0)
+
+
+def _checkpoint_for(ref: str | None, results: dict[str, StageResult]) -> dict[str, Any] | None:
+    if ref is None:
+        return None
+    return load_checkpoint(str(results[ref].checkpoint if ref in results else ref))
+
+
+def _train(
+    stage: Stage,
+    digest: str,
+    stage_dir: Path,
+    results: dict[str, StageResult],
+    tracker: Tracker,
+    parent_id: str | None,
+) -> StageResult:
+    start = time.perf_counter()
+    cfg = stage.plain
+    method, data_name = _names(stage)
+    L.seed_everything(cfg["seed"], workers=True, verbose=False)
+    init = _checkpoint_for(cfg["init_from"], results)
+    teacher = _checkpoint_for(cfg["teacher_from"], results)
+    method_cls = METHODS.get(method).cls
+    if method_cls.requires_teacher and teacher is None:
+        raise ValueError(f"stage {stage.name}: method {method} needs teacher_from (a stage or checkpoint)")
+
+    data_entry = DATAMODULES.get(data_name)
+    data_cfg = as_dataclass(data_entry.config, cfg["data"])
+    vocab = (init or teacher or {}).get("hyper_parameters", {}).get("vocab")
+    tokenizer = WordTokenizer(vocab, max_len=data_cfg.max_text_len) if vocab else None
+    datamodule = data_entry.cls(data_cfg, tokenizer=tokenizer)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+
+    module = method_cls(
+        method=cfg["method"],
+        model=cfg["model"],
+        optim=cfg["optim"],
+        vocab=datamodule.tokenizer.vocab,
+        image_size=data_cfg.image_size,
+        max_text_len=data_cfg.max_text_len,
+    )
+    if init is not None:
+        module.load_student_weights(init["state_dict"])
+    if teacher is not None:
+        module.set_teacher(teacher["state_dict"])
+
+    run_name = f"{stage.name}:{method}-{data_name}-{digest}" if parent_id else f"{method}-{data_name}-{digest}"
+    tags = {"alignlab.method": method, "alignlab.data": data_name, "alignlab.config_hash": digest}
+    if parent_id:
+        tags["alignlab.stage"] = stage.name
+    run_id = tracker.start_run(run_name, tags, parent_id)
+    tracker.log_params(run_id, cfg)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    config_file = stage_dir / "config.yaml"
+    config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    tracker.log_artifact(run_id, config_file)
+    log.info("stage %s: %s on %s, config hash %s, MLflow %s", stage.name, method, data_name, digest, tracker.run_url(run_id))
+
+    trainer_cfg = {k: v for k, v in cfg["trainer"].items() if v is not None}
+    logger = MLFlowLogger(experiment_name=tracker.experiment_name, tracking_uri=tracker.uri, run_id=run_id)
+    trainer = L.Trainer(
+        **trainer_cfg,
+        logger=logger,
+        callbacks=[EmbeddingMetrics(), EmbeddingPlots(stage_dir / "plots")],
+        enable_checkpointing=False,
+        default_root_dir=str(stage_dir),
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+    )
+    ok = False
+    try:
+        trainer.fit(module, datamodule=datamodule)
+        tested = trainer.test(module, datamodule=datamodule, verbose=False)
+        ok = True
+    finally:
+        tracker.finish(run_id, ok)
+    metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+    _save_atomically(trainer, stage_dir / "model.ckpt")
+    if trainer.is_global_zero:
+        result = {"hash": digest, "run_id": run_id, "metrics": metrics, "stage": stage.name}
+        tmp = stage_dir / f".{DONE}.tmp"
+        tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
+        os.replace(tmp, stage_dir / DONE)
+    seconds = time.perf_counter() - start
+    return StageResult(stage.name, digest, stage_dir / "model.ckpt", metrics, run_id, False, seconds)
+
+
+def _save_atomically(trainer: L.Trainer, path: Path) -> None:
+    """Write the checkpoint beside ``path`` and rename it, so a kill leaves no half file.
+
+    Every rank calls ``save_checkpoint`` (it synchronises); rank 0 writes and renames.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    trainer.save_checkpoint(str(tmp))
+    if trainer.is_global_zero:
+        os.replace(tmp, path)

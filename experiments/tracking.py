@@ -1,0 +1,96 @@
+"""MLflow bookkeeping: the experiment, parent and stage runs, params and artifacts.
+
+Lightning's ``MLFlowLogger`` logs the metrics of a stage into a run created here (by id), so a
+chained experiment shows up as one parent run with a nested run per stage.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import modules.env  # noqa: F401  (before mlflow)
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+from experiments.config import REPO_ROOT, flatten
+
+STORE_DIR = REPO_ROOT / "mlflow"
+
+
+def default_tracking_uri() -> str:
+    """The project's local store: ``sqlite:///<repo>/mlflow/mlflow.db``."""
+    return f"sqlite:///{STORE_DIR / 'mlflow.db'}"
+
+
+def git_state() -> dict[str, str]:
+    """Commit and dirtiness of the checkout, if it is one."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "alignlab.git_dirty": str(bool(dirty)).lower()}
+
+
+class Tracker:
+    """Creates runs in one MLflow experiment and logs what Lightning's logger does not."""
+
+    def __init__(self, tracking_uri: str | None, experiment_name: str) -> None:
+        self.uri = tracking_uri or default_tracking_uri()
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(self.uri)
+        self.experiment_name = experiment_name
+        found = self.client.get_experiment_by_name(experiment_name)
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        else:
+            location = None
+            if self.uri == default_tracking_uri():
+                location = (STORE_DIR / "artifacts" / experiment_name).as_uri()
+            self.experiment_id = self.client.create_experiment(experiment_name, location)
+
+    def start_run(self, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
+        """A new run (nested under ``parent_id`` if given); returns its id."""
+        tags = {**git_state(), "alignlab.command": " ".join(sys.argv), **tags}
+        if parent_id is not None:
+            tags["mlflow.parentRunId"] = parent_id
+        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+
+    def log_params(self, run_id: str, config: dict[str, Any]) -> None:
+        """The flattened config as params (values truncated to MLflow's length limit)."""
+        params = [
+            Param(key, str(value)[:MAX_PARAM_VAL_LENGTH]) for key, value in flatten(config).items()
+        ]
+        for start in range(0, len(params), 100):
+            self.client.log_batch(run_id, params=params[start : start + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        stamp = 0
+        rows = [Metric(key, float(value), stamp, step) for key, value in metrics.items()]
+        for start in range(0, len(rows), 500):
+            self.client.log_batch(run_id, metrics=rows[start : start + 500])
+
+    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), folder)
+
+    def finish(self, run_id: str, ok: bool) -> None:
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+    def run_url(self, run_id: str) -> str:
+        """Where to find the run: a UI link for a server, the store and id otherwise."""
+        if self.uri.startswith("http"):
+            return f"{self.uri}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        return f"{self.uri} (experiment {self.experiment_name!r}, run {run_id})"

@@ -1,0 +1,242 @@
+"""DualTowerModule: the shared base of every method.
+
+It owns the towers (an ``nn.ModuleDict`` keyed by modality), the temperature, an optional frozen
+teacher, the optimiser and schedule, and the train/validation/test steps. A method subclass only
+says which loss terms it computes (``losses``); the base weights them with
+``method.loss_weights``, sums them and logs every term.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import modules.env  # noqa: F401  (before lightning)
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from modules.registry import METHODS, TOWERS
+from modules.towers import TowerContext, build_tower
+from modules.towers.output import TowerOutput
+from modules.towers.tokenizer import WordTokenizer
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method has; subclasses add the paper's hyper-parameters."""
+
+    name: str = "clip"
+    loss_weights: dict[str, float] = field(default_factory=dict)
+
+
+def as_dataclass(schema: type, data: dict[str, Any]) -> Any:
+    """``data`` validated against and converted to dataclass ``schema``."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """A Lightning checkpoint read safely (tensors and plain containers only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class DualTowerModule(L.LightningModule):
+    """Towers keyed by modality + learnable temperature + optional frozen teacher.
+
+    Subclasses set ``loss_terms`` (the names ``losses`` returns) and implement ``losses``.
+    ``requires_teacher`` methods get a frozen copy of the towers, filled by ``set_teacher``.
+    """
+
+    loss_terms: ClassVar[tuple[str, ...]] = ()
+    requires_teacher: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        method: dict[str, Any],
+        model: dict[str, Any],
+        optim: dict[str, Any],
+        vocab: list[str],
+        image_size: int,
+        max_text_len: int,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.method_cfg = as_dataclass(METHODS.get(method["name"]).config, method)
+        self.optim_cfg = optim
+        unknown = set(self.method_cfg.loss_weights) - set(self.loss_terms)
+        if unknown:
+            raise ValueError(
+                f"method.loss_weights: unknown term(s) {sorted(unknown)}; "
+                f"{method['name']} computes {list(self.loss_terms)}"
+            )
+        self.tokenizer = WordTokenizer(vocab, max_len=max_text_len)
+        context = TowerContext(image_size=image_size, vocab_size=len(vocab), max_text_len=max_text_len)
+        self.towers = nn.ModuleDict(
+            {
+                side: build_tower(
+                    as_dataclass(TOWERS.get(model[side]["name"]).config, model[side]),
+                    model["embed_dim"],
+                    context,
+                )
+                for side in ("image", "text")
+            }
+        )
+        # Stored as log(1/T) (CLIP); clamped to [0, ln max_logit_scale] after each step.
+        self.max_log_scale = math.log(model["max_logit_scale"])
+        self.logit_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / model["temperature"])),
+            requires_grad=model["learnable_temperature"],
+        )
+        self.teacher: nn.ModuleDict | None = None
+        if self.requires_teacher:
+            self.teacher = copy.deepcopy(self.towers).requires_grad_(False).eval()
+
+    # ------------------------------------------------------------------ encoding
+
+    @staticmethod
+    def encode_with(towers: nn.ModuleDict, batch: dict[str, Any]) -> dict[str, TowerOutput]:
+        """Every tower of ``towers`` applied to ``batch``, keyed by modality."""
+        return {side: tower(batch) for side, tower in towers.items()}
+
+    def encode(self, batch: dict[str, Any]) -> dict[str, TowerOutput]:
+        """The student towers' outputs for ``batch``."""
+        return self.encode_with(self.towers, batch)
+
+    @torch.no_grad()
+    def encode_teacher(self, batch: dict[str, Any]) -> dict[str, TowerOutput]:
+        """The frozen teacher's outputs (no gradient)."""
+        if self.teacher is None:
+            raise RuntimeError(f"{type(self).__name__} has no teacher; set teacher_from")
+        return self.encode_with(self.teacher, batch)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """L2-normalised text embeddings of raw strings (zero-shot prompts)."""
+        ids, mask = self.tokenizer.encode(texts)
+        out = self.towers["text"]({"text_ids": ids.to(self.device), "text_mask": mask.to(self.device)})
+        return F.normalize(out.pooled, dim=-1)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """The logit scale 1/T (exp of the stored parameter)."""
+        return self.logit_scale.exp()
+
+    # ------------------------------------------------------------------ teacher / init
+
+    def load_student_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Initialise towers and temperature from a checkpoint's ``state_dict``."""
+        own = {k: v for k, v in state_dict.items() if k.startswith("towers.") or k == "logit_scale"}
+        self.load_state_dict(own, strict=False)
+        missing = [k for k in self.state_dict() if k.startswith("towers.") and k not in own]
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} tower weights, e.g. {missing[0]}")
+
+    def set_teacher(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Freeze the towers of a checkpoint's ``state_dict`` as the teacher."""
+        if self.teacher is None:
+            self.teacher = copy.deepcopy(self.towers)
+        towers = {k.removeprefix("towers."): v for k, v in state_dict.items() if k.startswith("towers.")}
+        self.teacher.load_state_dict(towers, strict=True)
+        self.teacher.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> DualTowerModule:
+        """Switch modes but keep the teacher in eval mode."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    # ------------------------------------------------------------------ losses
+
+    def losses(self, batch: dict[str, Any], outputs: dict[str, TowerOutput]) -> dict[str, torch.Tensor]:
+        """The method's loss terms, by name (see ``loss_terms``)."""
+        raise NotImplementedError
+
+    def total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Weighted sum of terms (weight 1 unless ``method.loss_weights`` says otherwise).
+
+        Terms with weight 0 are still computed and logged but left out of the sum.
+        """
+        weights = self.method_cfg.loss_weights
+        active = [weights.get(name, 1.0) * value for name, value in terms.items() if weights.get(name, 1.0)]
+        if not active:
+            raise ValueError("method.loss_weights: every loss term has weight 0")
+        return torch.stack(active).sum()
+
+    def _step(self, batch: dict[str, Any], split: str) -> tuple[torch.Tensor, dict[str, TowerOutput]]:
+        outputs = self.encode(batch)
+        terms = self.losses(batch, outputs)
+        loss = self.total_loss(terms)
+        size = len(batch["index"])
+        on_step = split == "train"
+        logged = {f"{split}/loss/{name}": value.detach() for name, value in terms.items()}
+        logged[f"{split}/loss"] = loss.detach()
+        self.log_dict(logged, on_step=on_step, on_epoch=not on_step, batch_size=size, sync_dist=not on_step)
+        return loss, outputs
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, _ = self._step(batch, "train")
+        self.log("train/logit_scale", self.scale.detach(), on_step=True, on_epoch=False)
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], split: str) -> dict[str, Any]:
+        _, outputs = self._step(batch, split)
+        return {
+            "image": F.normalize(outputs["image"].pooled, dim=-1),
+            "text": F.normalize(outputs["text"].pooled, dim=-1),
+            "image_id": batch["image_id"],
+            "index": batch["index"],
+            "labels": {k.removeprefix("label/"): v for k, v in batch.items() if k.startswith("label/")},
+        }
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self._eval_step(batch, "test")
+
+    # ------------------------------------------------------------------ optimisation
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW; no weight decay on the temperature, norms and biases (ndim < 2)."""
+        decay, no_decay = [], []
+        for _, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 else decay).append(param)
+        cfg = self.optim_cfg
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": cfg["weight_decay"]},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg["lr"],
+            betas=tuple(cfg["betas"]),
+            eps=cfg["eps"],
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = warmup_cosine(cfg["warmup_steps"], total, cfg["min_lr_ratio"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step, then clamp log(1/T) to [0, ln max_logit_scale] (CLIP, Radford et al. 2021)."""
+        super().optimizer_step(*args, **kwargs)
+        with torch.no_grad():
+            self.logit_scale.clamp_(0.0, self.max_log_scale)
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float):
+    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine to ``min_ratio``."""
+    warmup = min(warmup, max(total - 1, 0))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor

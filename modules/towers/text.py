@@ -1,0 +1,65 @@
+"""Text tower trained from scratch: a small pre-norm transformer over word-level tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from modules.registry import TOWERS
+from modules.towers import TowerContext
+from modules.towers.heads import projection_head
+from modules.towers.output import TowerOutput
+
+
+@dataclass
+class TextTransformerConfig:
+    name: str = "transformer"
+    width: int = 128
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    dropout: float = 0.0
+    pooling: str = "cls"
+    projection: str = "linear"
+
+
+@TOWERS.register("transformer", TextTransformerConfig)
+class TextTransformerTower(nn.Module):
+    """Token + position embeddings, transformer, pooled by ``<cls>`` or masked mean."""
+
+    def __init__(self, cfg: TextTransformerConfig, embed_dim: int, context: TowerContext) -> None:
+        super().__init__()
+        if context.vocab_size < 4:
+            raise ValueError("text tower needs the tokenizer's vocabulary (vocab_size missing)")
+        if cfg.pooling not in ("cls", "mean"):
+            raise ValueError(f"model.text.pooling: expected 'cls' or 'mean', got {cfg.pooling!r}")
+        self.pooling = cfg.pooling
+        self.embed = nn.Embedding(context.vocab_size, cfg.width, padding_idx=0)
+        self.pos = nn.Parameter(torch.randn(1, context.max_text_len, cfg.width) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            cfg.width,
+            cfg.heads,
+            int(cfg.width * cfg.mlp_ratio),
+            cfg.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.width)
+        self.head = projection_head(cfg.width, embed_dim, cfg.projection)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> TowerOutput:
+        ids, mask = batch["text_ids"], batch["text_mask"]
+        if ids.shape[1] > self.pos.shape[1]:
+            raise ValueError(f"text has {ids.shape[1]} tokens; the tower allows {self.pos.shape[1]}")
+        x = self.embed(ids) + self.pos[:, : ids.shape[1]]
+        x = self.norm(self.encoder(x, src_key_padding_mask=~mask))
+        if self.pooling == "cls":
+            pooled = x[:, 0]
+        else:
+            weights = mask.unsqueeze(-1).to(x.dtype)
+            pooled = (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return TowerOutput(self.head(pooled), self.head(x), mask)

@@ -1,0 +1,128 @@
+"""DualTowerModule: temperature storage and clamp, weight-decay groups, schedule, teacher."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from modules.base import warmup_cosine
+from modules.clip import CLIP
+from modules.clip_refine import CLIPRefine
+from modules.towers.tokenizer import WordTokenizer
+
+VOCAB = WordTokenizer.build(["a red circle", "a blue square left of it"]).vocab
+MODEL = {
+    "embed_dim": 16,
+    "image": {"name": "cnn", "channels": [8, 16]},
+    "text": {"name": "transformer", "width": 16, "depth": 1, "heads": 2},
+    "temperature": 0.07,
+    "learnable_temperature": True,
+    "max_logit_scale": 100.0,
+}
+OPTIM = {"lr": 1e-3, "weight_decay": 0.1, "betas": [0.9, 0.98], "eps": 1e-6, "warmup_steps": 2, "min_lr_ratio": 0.0}
+
+
+def make(cls=CLIP, method=None, **optim):
+    method = method or {"name": "clip"}
+    return cls(method=method, model=MODEL, optim={**OPTIM, **optim}, vocab=VOCAB, image_size=16, max_text_len=8)
+
+
+def batches(n: int, size: int = 4) -> list[dict[str, torch.Tensor]]:
+    tok = WordTokenizer(VOCAB, max_len=8)
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        ids, mask = tok.encode(["a red circle", "a blue square", "a red square", "left of it"][:size])
+        out.append(
+            {
+                "image": torch.randn(size, 3, 16, 16, generator=gen),
+                "text_ids": ids,
+                "text_mask": mask,
+                "index": torch.arange(size) + i * size,
+                "image_id": torch.arange(size) + i * size,
+            }
+        )
+    return out
+
+
+def fit(module, steps: int) -> None:
+    trainer = L.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(module, DataLoader(batches(steps), batch_size=None))
+
+
+def test_temperature_is_stored_as_log_inverse_and_initialised_at_1_over_0_07():
+    module = make()
+    assert module.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    assert module.scale.item() == pytest.approx(1 / 0.07, rel=1e-6)
+
+
+def test_temperature_is_clamped_after_every_step():
+    module = make(lr=10.0, warmup_steps=0)
+    with torch.no_grad():
+        module.logit_scale.fill_(math.log(100.0) - 1e-4)
+    fit(module, 3)
+    assert 0.0 <= module.logit_scale.item() <= math.log(100.0) + 1e-7
+
+
+def test_no_weight_decay_on_temperature_norms_and_biases():
+    module = make()
+    trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    module.trainer = trainer  # estimated_stepping_batches reads max_steps
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    decayed = {id(p) for p in groups[0]["params"]}
+    plain = {id(p) for p in groups[1]["params"]}
+    assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
+    assert id(module.logit_scale) in plain
+    for name, param in module.named_parameters():
+        is_norm_or_bias = name.endswith("bias") or ".norm" in name or param.ndim < 2
+        assert (id(param) in plain) == is_norm_or_bias, name
+        assert (id(param) in decayed) != is_norm_or_bias, name
+
+
+def test_warmup_then_cosine():
+    f = warmup_cosine(warmup=4, total=14, min_ratio=0.1)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == pytest.approx(1.0)
+    assert f(9) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert f(14) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)
+
+
+def test_unknown_loss_weight_is_rejected():
+    with pytest.raises(ValueError, match="unknown term"):
+        make(method={"name": "clip", "loss_weights": {"clip": 1.0, "rafa": 1.0}})
+
+
+def test_zero_weight_terms_are_logged_but_not_summed():
+    module = make(CLIPRefine, method={"name": "clip_refine", "loss_weights": {"clip": 0.0}})
+    terms = {"clip": torch.tensor(float("nan")), "rafa": torch.tensor(2.0), "hycd": torch.tensor(3.0)}
+    assert module.total_loss(terms).item() == 5.0
+
+
+def test_teacher_is_a_frozen_snapshot():
+    clip = make()
+    fit(clip, 2)
+    refine = make(CLIPRefine, method={"name": "clip_refine"})
+    refine.load_student_weights(clip.state_dict())
+    refine.set_teacher(clip.state_dict())
+    for name, value in clip.towers.state_dict().items():
+        torch.testing.assert_close(refine.teacher.state_dict()[name], value)
+        torch.testing.assert_close(refine.towers.state_dict()[name], value)
+    assert not any(p.requires_grad for p in refine.teacher.parameters())
+    before = {k: v.clone() for k, v in refine.teacher.state_dict().items()}
+    fit(refine, 2)
+    assert not refine.teacher.training
+    for name, value in refine.teacher.state_dict().items():
+        torch.testing.assert_close(value, before[name])
+    moved = any(not torch.equal(refine.towers.state_dict()[k], before[k]) for k in before)
+    assert moved, "the student should train while the teacher stays fixed"

@@ -1,0 +1,250 @@
+"""Metrics against brute-force references, invariances, and a 2-process gloo sync check."""
+
+from __future__ import annotations
+
+import math
+import socket
+import statistics
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from callbacks.metrics import (
+    AlignmentUniformity,
+    ModalityGap,
+    RetrievalMetrics,
+    ZeroShotAccuracy,
+    first_occurrence,
+)
+
+CAPTIONS = 5
+
+
+def make_pairs(num_images: int = 30, dim: int = 16, noise: float = 1.0, seed: int = 0):
+    """One row per (image, caption): images repeat once per caption; rows shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    images = F.normalize(torch.randn(num_images, dim, generator=g, dtype=torch.float64), dim=1)
+    image_id = torch.arange(num_images).repeat_interleave(CAPTIONS)
+    text = F.normalize(
+        images[image_id]
+        + noise * torch.randn(len(image_id), dim, generator=g, dtype=torch.float64),
+        dim=1,
+    )
+    # ids need not be contiguous: spread them out
+    image_id = image_id * 7 + 3
+    index = torch.randperm(len(image_id), generator=g) * 3 + 11
+    order = torch.randperm(len(image_id), generator=g)
+    return (
+        images.repeat_interleave(CAPTIONS, dim=0)[order],
+        text[order],
+        image_id[order],
+        index[order],
+    )
+
+
+def feed(metric, rows, batch: int = 13):
+    for start in range(0, len(rows[0]), batch):
+        metric.update(*(r[start : start + batch] for r in rows))
+    return metric.compute()
+
+
+def pad_like_sampler(rows, extra: int = 7):
+    """Append copies of the first rows, as a DistributedSampler pads a split."""
+    return tuple(torch.cat([r, r[:extra]]) for r in rows)
+
+
+def reference_retrieval(rows, ks=(1, 5, 10)):
+    """Per-query Python loops: sort candidates by score, negatives before positives on ties
+    (pessimistic), rank = 1-based position of the first positive."""
+    image, text, image_id, index = (r.tolist() for r in rows)
+    images, texts = {}, {}
+    for img, txt, iid, idx in zip(image, text, image_id, index, strict=True):
+        images.setdefault(iid, img)
+        texts.setdefault(idx, (txt, iid))
+
+    def dot(a, b):
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    def first_positive_rank(candidates):  # candidates: (score, is_positive)
+        ordered = sorted(candidates, key=lambda c: (-c[0], c[1]))
+        return 1 + next(i for i, c in enumerate(ordered) if c[1])
+
+    i2t = [
+        first_positive_rank([(dot(img, txt), owner == iid) for txt, owner in texts.values()])
+        for iid, img in images.items()
+    ]
+    t2i = [
+        first_positive_rank([(dot(img, txt), iid == owner) for iid, img in images.items()])
+        for txt, owner in texts.values()
+    ]
+    out = {}
+    for name, ranks in (("image_to_text", i2t), ("text_to_image", t2i)):
+        for k in ks:
+            out[f"{name}/R@{k}"] = 100.0 * sum(r <= k for r in ranks) / len(ranks)
+        out[f"{name}/median_rank"] = statistics.median(ranks)
+        out[f"{name}/mean_rank"] = sum(ranks) / len(ranks)
+    return out
+
+
+def assert_dicts_close(got, want, tol=1e-4):
+    assert set(got) == set(want)
+    for key in want:
+        assert float(got[key]) == pytest.approx(float(want[key]), abs=tol), key
+
+
+@pytest.mark.parametrize("noise", [0.3, 1.0, 3.0])
+def test_retrieval_matches_brute_force(noise):
+    rows = make_pairs(noise=noise)
+    want = reference_retrieval(rows)
+    assert_dicts_close(feed(RetrievalMetrics(block_size=7), rows), want)
+
+
+def test_retrieval_drops_padded_duplicates_and_ignores_order():
+    rows = make_pairs(noise=1.0, seed=1)
+    want = reference_retrieval(rows)
+    padded = pad_like_sampler(rows)
+    reversed_rows = tuple(r.flip(0) for r in padded)
+    assert_dicts_close(feed(RetrievalMetrics(), padded, batch=8), want)
+    assert_dicts_close(feed(RetrievalMetrics(block_size=5), reversed_rows, batch=64), want)
+
+
+def test_retrieval_perfect_and_collapsed_embeddings():
+    image, _, image_id, index = make_pairs(seed=2)
+    perfect = feed(RetrievalMetrics(), (image, image.clone(), image_id, index))
+    for direction in ("image_to_text", "text_to_image"):
+        assert float(perfect[f"{direction}/R@1"]) == 100.0
+        assert float(perfect[f"{direction}/median_rank"]) == 1.0
+    # all embeddings equal: pessimistic ties rank every positive behind every negative
+    same = torch.ones_like(image) / math.sqrt(image.shape[1])
+    collapsed = feed(RetrievalMetrics(), (same, same.clone(), image_id, index))
+    num_images, num_texts = len(image_id.unique()), len(index)
+    assert float(collapsed["image_to_text/median_rank"]) == num_texts - CAPTIONS + 1
+    assert float(collapsed["text_to_image/median_rank"]) == num_images
+    assert float(collapsed["text_to_image/R@10"]) == 0.0
+
+
+def distinct_items(rows):
+    image, text, image_id, index = rows
+    images = {int(i): image[n] for n, i in reversed(list(enumerate(image_id)))}
+    texts = {int(i): (text[n], int(image_id[n])) for n, i in enumerate(index)}
+    return images, texts
+
+
+def reference_uniformity(items):
+    total, count = 0.0, 0
+    for a in range(len(items)):
+        for b in range(a + 1, len(items)):
+            total += math.exp(-2.0 * float((items[a] - items[b]).pow(2).sum()))
+            count += 1
+    return math.log(total / count)
+
+
+def test_alignment_uniformity_match_formulas():
+    rows = make_pairs(num_images=20, noise=0.5, seed=4)
+    images, texts = distinct_items(rows)
+    alignment = sum(float((images[iid] - t).pow(2).sum()) for t, iid in texts.values()) / len(texts)
+    got = feed(AlignmentUniformity(), pad_like_sampler(rows))
+    assert float(got["alignment"]) == pytest.approx(alignment, rel=1e-9)
+    assert float(got["uniformity/image"]) == pytest.approx(
+        reference_uniformity(list(images.values())), rel=1e-9
+    )
+    assert float(got["uniformity/text"]) == pytest.approx(
+        reference_uniformity([t for t, _ in texts.values()]), rel=1e-9
+    )
+
+
+def test_alignment_uniformity_extremes_and_subsample():
+    image, _, image_id, index = make_pairs(seed=5)
+    same = feed(AlignmentUniformity(), (image, image.clone(), image_id, index))
+    assert float(same["alignment"]) == pytest.approx(0.0, abs=1e-12)
+    collapsed = torch.ones_like(image) / math.sqrt(image.shape[1])
+    flat = feed(AlignmentUniformity(), (collapsed, collapsed.clone(), image_id, index))
+    assert float(flat["uniformity/text"]) == pytest.approx(0.0, abs=1e-12)
+    # above the cap: deterministic, independent of row order, and a real estimate
+    rows = make_pairs(num_images=30, seed=5)
+    capped = feed(AlignmentUniformity(max_items=40), rows)
+    again = feed(AlignmentUniformity(max_items=40), tuple(r.flip(0) for r in rows))
+    full = feed(AlignmentUniformity(), rows)
+    assert float(capped["uniformity/text"]) == float(again["uniformity/text"])
+    assert float(capped["uniformity/text"]) != float(full["uniformity/text"])
+    assert float(capped["uniformity/text"]) == pytest.approx(
+        float(full["uniformity/text"]), abs=0.2
+    )
+
+
+def test_modality_gap_matches_formula_and_invariances():
+    rows = make_pairs(num_images=12, noise=2.0, seed=6)
+    images, texts = distinct_items(rows)
+    mean_image = sum(F.normalize(v, dim=0) for v in images.values()) / len(images)
+    mean_text = sum(F.normalize(t, dim=0) for t, _ in texts.values()) / len(texts)
+    want = float((mean_image - mean_text).norm())
+    got = feed(ModalityGap(), pad_like_sampler(rows))["modality_gap"]
+    assert float(got) == pytest.approx(want, rel=1e-9)
+    image, _, image_id, index = rows
+    assert float(feed(ModalityGap(), (image, image.clone(), image_id, index))["modality_gap"]) == (
+        pytest.approx(0.0, abs=1e-12)
+    )
+    # opposite modalities: gap = 2 |mean image|; scaling an embedding changes nothing
+    opposite = feed(ModalityGap(), (image * 3, -image, image_id, index))["modality_gap"]
+    assert float(opposite) == pytest.approx(2 * float(mean_image.norm()), rel=1e-9)
+
+
+def test_zero_shot_accuracy_hand_count():
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(40, 4, generator=g)
+    labels = torch.randint(-1, 4, (40,), generator=g)
+    index = torch.arange(40)
+    preds = logits.argmax(dim=1)
+    valid = [i for i in range(40) if labels[i] >= 0]
+    want = 100.0 * sum(int(preds[i] == labels[i]) for i in valid) / len(valid)
+    padded = (
+        torch.cat([logits, logits[:9]]),
+        torch.cat([labels, labels[:9]]),
+        torch.cat([index, index[:9]]),
+    )
+    assert float(feed(ZeroShotAccuracy(4), padded, batch=6)) == pytest.approx(want)
+    by_ids = (padded[0].argmax(dim=1), padded[1], padded[2])
+    assert float(feed(ZeroShotAccuracy(4), by_ids, batch=6)) == pytest.approx(want)
+    none = ZeroShotAccuracy(4)
+    none.update(logits[:3], torch.full((3,), -1), index[:3])
+    assert math.isnan(float(none.compute()))
+    with pytest.raises(ValueError):
+        ZeroShotAccuracy(3).update(logits, labels, index)
+
+
+def test_first_occurrence():
+    ids = torch.tensor([5, 3, 5, 9, 3, 1])
+    assert first_occurrence(ids).tolist() == [5, 1, 0, 3]
+
+
+def _ddp_worker(rank: int, world: int, port: int, rows, out: str) -> None:
+    """One rank of a 2-process run: a DistributedSampler-like shard (interleaved, padded)."""
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    per_rank = -(-len(rows[0]) // world)
+    padded = pad_like_sampler(rows, extra=per_rank * world - len(rows[0]))
+    shard = tuple(r[rank::world] for r in padded)
+    metrics = [RetrievalMetrics(), AlignmentUniformity(), ModalityGap()]
+    result = {}
+    for metric in metrics:
+        result.update({k: float(v) for k, v in feed(metric, shard, batch=4).items()})
+    if rank == 0:
+        torch.save(result, out)
+    dist.destroy_process_group()
+
+
+def test_two_process_sync_equals_one_process(tmp_path):
+    rows = make_pairs(num_images=9, seed=8)  # 45 rows: 23 per rank, one padded duplicate
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "ddp.pt")
+    mp.start_processes(_ddp_worker, args=(2, port, rows, out), nprocs=2, start_method="fork")
+    want = {}
+    for metric in (RetrievalMetrics(), AlignmentUniformity(), ModalityGap()):
+        want.update({k: float(v) for k, v in feed(metric, rows).items()})
+    assert_dicts_close(torch.load(out), want, tol=1e-9)
