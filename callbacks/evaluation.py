@@ -25,10 +25,10 @@ class EmbeddingMetrics(pl.Callback):
     """Logs ``{stage}/retrieval/...``, ``{stage}/alignment``, ``{stage}/uniformity/{image,text}``,
     ``{stage}/modality_gap`` and ``{stage}/zero_shot/<task>/accuracy`` for stage val and test.
 
-    ``{stage}/retrieval/mean_R@1`` (mean of both directions' R@1) is the value to monitor for
-    checkpoints. Zero-shot tasks come from ``trainer.datamodule.zero_shot_tasks`` (task -> one
-    prompt per class, in label order); their class embeddings are encoded once per epoch with
-    ``pl_module.encode_texts``.
+    ``{stage}/retrieval/mean_R1`` (mean of both directions' R@1) is the value to monitor for
+    checkpoints. MLflow forbids "@" in metric names, so R@K is written ``RK``. Zero-shot tasks
+    come from ``trainer.datamodule.zero_shot_tasks`` (task -> one prompt per class, in label
+    order); their class embeddings are encoded once per epoch with ``pl_module.encode_texts``.
     """
 
     def __init__(self, retrieval_block_size: int = 1024, uniformity_max_items: int = 4096) -> None:
@@ -102,10 +102,10 @@ class EmbeddingMetrics(pl.Callback):
         for key, value in self._paired["retrieval"].compute().items():
             values[f"{stage}/retrieval/{key}"] = value
         r1 = (
-            values[f"{stage}/retrieval/image_to_text/R@1"],
-            values[f"{stage}/retrieval/text_to_image/R@1"],
+            values[f"{stage}/retrieval/image_to_text/R1"],
+            values[f"{stage}/retrieval/text_to_image/R1"],
         )
-        values[f"{stage}/retrieval/mean_R@1"] = (r1[0] + r1[1]) / 2
+        values[f"{stage}/retrieval/mean_R1"] = (r1[0] + r1[1]) / 2
         for name in ("alignment", "gap"):
             for key, value in self._paired[name].compute().items():
                 values[f"{stage}/{key}"] = value

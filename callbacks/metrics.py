@@ -72,7 +72,7 @@ def _rank_summary(ranks: Tensor, ks: tuple[int, ...], prefix: str) -> dict[str, 
     ranks = ranks.float()
     ordered = ranks.sort().values
     n = len(ordered)
-    out = {f"{prefix}/R@{k}": 100.0 * (ranks <= k).float().mean() for k in ks}
+    out = {f"{prefix}/R{k}": 100.0 * (ranks <= k).float().mean() for k in ks}
     out[f"{prefix}/median_rank"] = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
     out[f"{prefix}/mean_rank"] = ranks.mean()
     return out
@@ -91,7 +91,9 @@ class RetrievalMetrics(_PairedEmbeddings):
     Ranks are 1-based and ties are pessimistic: a query's rank is 1 + the number of *negatives*
     scoring at least as high as its best positive, so collapsed embeddings cannot score well,
     while captions that tie with each other do not push their image down.
-    Ranks are computed in blocks of ``block_size`` query rows, so memory is O(block_size * N).
+    Every score a query is compared with comes from the same similarity product as the score of
+    its positive, so exact ties stay exact. Ranks are computed in blocks of ``block_size`` query
+    rows, so memory is O(block_size * N); each direction does its own product.
     """
 
     def __init__(self, ks: tuple[int, ...] = (1, 5, 10), block_size: int = 1024, **kwargs):
@@ -100,27 +102,20 @@ class RetrievalMetrics(_PairedEmbeddings):
         self.block_size = block_size
 
     def compute(self) -> dict[str, Tensor]:
-        image, text, text_image = self._distinct()
-        out = _rank_summary(
-            self._image_to_text_ranks(image, text, text_image), self.ks, "image_to_text"
-        )
-        out.update(
-            _rank_summary(
-                self._text_to_image_ranks(image, text, text_image), self.ks, "text_to_image"
-            )
-        )
-        return out
+        distinct = self._distinct()
+        i2t = _rank_summary(self._image_to_text_ranks(*distinct), self.ks, "image_to_text")
+        t2i = _rank_summary(self._text_to_image_ranks(*distinct), self.ks, "text_to_image")
+        return i2t | t2i
 
     def _image_to_text_ranks(self, image: Tensor, text: Tensor, text_image: Tensor) -> Tensor:
         ranks = []
         for start in range(0, len(image), self.block_size):
-            rows = torch.arange(
-                start, min(start + self.block_size, len(image)), device=image.device
-            )
-            sims = image[rows] @ text.T
-            positive = text_image[None, :] == rows[:, None]
-            best = sims.masked_fill(~positive, -math.inf).max(dim=1, keepdim=True).values
-            ranks.append(1 + ((sims >= best) & ~positive).sum(dim=1))
+            stop = min(start + self.block_size, len(image))
+            sims = image[start:stop] @ text.T
+            rows = torch.arange(start, stop, device=image.device)
+            negative = text_image[None, :] != rows[:, None]
+            best = sims.masked_fill(negative, -math.inf).max(dim=1, keepdim=True).values
+            ranks.append(1 + ((sims >= best) & negative).sum(dim=1))
         return torch.cat(ranks)
 
     def _text_to_image_ranks(self, image: Tensor, text: Tensor, text_image: Tensor) -> Tensor:
@@ -128,9 +123,9 @@ class RetrievalMetrics(_PairedEmbeddings):
         for start in range(0, len(text), self.block_size):
             stop = min(start + self.block_size, len(text))
             sims = text[start:stop] @ image.T
-            own_col = text_image[start:stop, None]
-            own = sims.gather(1, own_col)
-            negative = torch.arange(len(image), device=image.device)[None, :] != own_col
+            own_column = text_image[start:stop, None]
+            own = sims.gather(1, own_column)
+            negative = torch.arange(len(image), device=image.device)[None, :] != own_column
             ranks.append(1 + ((sims >= own) & negative).sum(dim=1))
         return torch.cat(ranks)
 
@@ -146,8 +141,9 @@ class AlignmentUniformity(_PairedEmbeddings):
     - ``uniformity/<modality>`` = log E over pairs of distinct items x != x' of
       exp(-2 ||x - x'||^2) (images distinct by image_id, texts by index).
 
-    Uniformity uses all pairs of up to ``max_items`` items per modality; beyond that it uses
-    ``max_items`` items evenly spaced over the id-sorted set, a deterministic subsample.
+    Both use the embeddings as given (the evaluation contract has them L2-normalised, as the
+    paper assumes). Uniformity uses all pairs of up to ``max_items`` items per modality; beyond
+    that, ``max_items`` items evenly spaced over the id-sorted set (a deterministic subsample).
     """
 
     def __init__(self, max_items: int = 4096, **kwargs) -> None:

@@ -126,8 +126,8 @@ class EmbeddingPlots(pl.Callback):
         img_xy, txt_xy = xy[: len(image)], xy[len(image) :]
         fig = Figure(figsize=(6, 5))
         ax = fig.add_subplot()
-        for t in range(min(self.pair_lines, len(texts))):
-            i = int(torch.searchsorted(rows["image_id"][images], rows["image_id"][texts[t]]))
+        for i, row in enumerate(images[: self.pair_lines].tolist()):  # image -> a caption of it
+            t = int(torch.searchsorted(rows["index"][texts], rows["index"][row]))
             ax.plot(*zip(img_xy[i], txt_xy[t], strict=True), color="grey", lw=0.8, zorder=1)
         ax.scatter(img_xy[:, 0], img_xy[:, 1], s=10, label="image", zorder=2)
         ax.scatter(txt_xy[:, 0], txt_xy[:, 1], s=10, label="text", zorder=2)

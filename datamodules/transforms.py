@@ -70,8 +70,9 @@ def build_transforms(steps: Sequence[Mapping[str, Any]] | None) -> A.Compose | N
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """HWC uint8 -> CHW float32 in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 127.5 - 1.0
+    """HWC uint8 -> CHW float32 in [-1, 1] (copies read-only input such as a memory map)."""
+    array = np.require(image, requirements=("C", "W"))
+    return torch.from_numpy(array).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
 class ImageTransform:

@@ -22,7 +22,6 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import (
     ConfigKeyError,
-    MissingMandatoryValue,
     OmegaConfBaseException,
     ValidationError,
 )
@@ -142,15 +141,18 @@ def load_yaml_chain(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str,
     return merge(load_yaml_chain(path.parent / parent, (*_seen, resolved)), raw)
 
 
-def merge(parent: Any, child: Any) -> Any:
-    """Deep-merge plain containers; a named block with a new ``name`` replaces the old one."""
+def merge(parent: Any, child: Any, _nested: bool = False) -> Any:
+    """Deep-merge plain containers; a nested block with a new ``name`` replaces the old one.
+
+    (The top level's ``name`` is the experiment's name, not a component's: it merges.)
+    """
     if not (isinstance(parent, dict) and isinstance(child, dict)):
         return copy.deepcopy(child)
-    if "name" in child and "name" in parent and child["name"] != parent["name"]:
+    if _nested and "name" in child and "name" in parent and child["name"] != parent["name"]:
         return copy.deepcopy(child)
     out = copy.deepcopy(parent)
     for key, value in child.items():
-        out[key] = merge(out[key], value) if key in out else copy.deepcopy(value)
+        out[key] = merge(out[key], value, True) if key in out else copy.deepcopy(value)
     return out
 
 
@@ -222,7 +224,13 @@ def _registered(registry: Registry, raw: Any, path: str) -> DictConfig:
         entry = registry.get(raw["name"])
     except UnknownNameError as err:
         raise ConfigError(f"{path}.name: {err}") from None
-    return _structured(entry.config, raw, f"{path}.")
+    cfg = _structured(entry.config, raw, f"{path}.")
+    try:
+        OmegaConf.to_object(cfg)  # runs the dataclass's own checks (__post_init__)
+    except ValueError as err:
+        message = str(err).splitlines()[0]
+        raise ConfigError(message if message.startswith(path) else f"{path}: {message}") from None
+    return cfg
 
 
 def validate(raw: dict[str, Any]) -> DictConfig:
@@ -248,7 +256,9 @@ def resolve_stages(raw: dict[str, Any]) -> list[Stage]:
     """The experiment's stages in order; a config without ``stages`` is one stage, ``main``."""
     stage_blocks = raw.get("stages") or {"main": {}}
     if not isinstance(stage_blocks, dict):
-        raise ConfigError(f"stages: expected a mapping of stage name -> overrides, got {stage_blocks!r}")
+        raise ConfigError(
+            f"stages: expected a mapping of stage name -> overrides, got {stage_blocks!r}"
+        )
     shared = {k: v for k, v in raw.items() if k != "stages"}
     stages: list[Stage] = []
     for name, block in stage_blocks.items():

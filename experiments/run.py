@@ -48,7 +48,9 @@ def summarise(results: list, seconds: float) -> None:
     )
     print(f"\nfinished in {seconds:.0f} s")
     for result in results:
-        shown = ", ".join(f"{k.split('/', 1)[1]}={result.metrics[k]:.3f}" for k in keys if k in result.metrics)
+        shown = ", ".join(
+            f"{k.split('/', 1)[1]}={result.metrics[k]:.3f}" for k in keys if k in result.metrics
+        )
         origin = "reused" if result.cached else f"{result.seconds:.0f} s"
         print(f"  {result.name} [{result.hash}, {origin}]: {shown}")
         print(f"    checkpoint {result.checkpoint}, MLflow run {result.run_id}")

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import modules.env  # noqa: F401  (before lightning)
 import lightning as L
 import yaml
 from lightning.pytorch.loggers import MLFlowLogger
 
+import modules.env  # noqa: F401  (before lightning)
 from callbacks.evaluation import EmbeddingMetrics
 from callbacks.plots import EmbeddingPlots
 from experiments.config import Stage, config_hash
@@ -90,13 +90,17 @@ def run_experiment(stages: list[Stage], tracker: Tracker | None = None) -> list[
             if reusable and (stage_dir / DONE).is_file():
                 results[stage.name] = _reuse(stage, stage_dir, tracker, parent_id)
             else:
-                results[stage.name] = _train(stage, hashes[stage.name], stage_dir, results, tracker, parent_id)
+                results[stage.name] = _train(
+                    stage, hashes[stage.name], stage_dir, results, tracker, parent_id
+                )
         ok = True
     finally:
         if parent_id is not None:
             if ok:
                 final = results[stages[-1].name].metrics
-                tracker.log_metrics(parent_id, {k: v for k, v in final.items() if k.startswith("test/")})
+                tracker.log_metrics(
+                    parent_id, {k: v for k, v in final.items() if k.startswith("test/")}
+                )
             tracker.finish(parent_id, ok)
     return list(results.values())
 
@@ -111,7 +115,8 @@ def _write_yaml(stages: list[Stage], hashes: dict[str, str]) -> Path:
 def _reuse(stage: Stage, stage_dir: Path, tracker: Tracker, parent_id: str | None) -> StageResult:
     saved = json.loads((stage_dir / DONE).read_text())
     log.info(
-        "stage %s: reusing the finished stage with config hash %s from %s (rerun_stages=true to retrain)",
+        "stage %s: reusing the finished stage with config hash %s from %s "
+        "(rerun_stages=true to retrain)",
         stage.name,
         saved["hash"],
         stage_dir,
@@ -132,7 +137,9 @@ def _reuse(stage: Stage, stage_dir: Path, tracker: Tracker, parent_id: str | Non
     tracker.log_params(run_id, stage.plain)
     tracker.log_metrics(run_id, saved["metrics"])
     tracker.finish(run_id, True)
-    return StageResult(stage.name, saved["hash"], stage_dir / "model.ckpt", saved["metrics"], run_id, True, 0.0)
+    return StageResult(
+        stage.name, saved["hash"], stage_dir / "model.ckpt", saved["metrics"], run_id, True, 0.0
+    )
 
 
 def _checkpoint_for(ref: str | None, results: dict[str, StageResult]) -> dict[str, Any] | None:
@@ -157,7 +164,9 @@ def _train(
     teacher = _checkpoint_for(cfg["teacher_from"], results)
     method_cls = METHODS.get(method).cls
     if method_cls.requires_teacher and teacher is None:
-        raise ValueError(f"stage {stage.name}: method {method} needs teacher_from (a stage or checkpoint)")
+        raise ValueError(
+            f"stage {stage.name}: method {method} needs teacher_from (a stage or checkpoint)"
+        )
 
     data_entry = DATAMODULES.get(data_name)
     data_cfg = as_dataclass(data_entry.config, cfg["data"])
@@ -180,7 +189,11 @@ def _train(
     if teacher is not None:
         module.set_teacher(teacher["state_dict"])
 
-    run_name = f"{stage.name}:{method}-{data_name}-{digest}" if parent_id else f"{method}-{data_name}-{digest}"
+    run_name = (
+        f"{stage.name}:{method}-{data_name}-{digest}"
+        if parent_id
+        else f"{method}-{data_name}-{digest}"
+    )
     tags = {"alignlab.method": method, "alignlab.data": data_name, "alignlab.config_hash": digest}
     if parent_id:
         tags["alignlab.stage"] = stage.name
@@ -190,10 +203,19 @@ def _train(
     config_file = stage_dir / "config.yaml"
     config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
     tracker.log_artifact(run_id, config_file)
-    log.info("stage %s: %s on %s, config hash %s, MLflow %s", stage.name, method, data_name, digest, tracker.run_url(run_id))
+    log.info(
+        "stage %s: %s on %s, config hash %s, MLflow %s",
+        stage.name,
+        method,
+        data_name,
+        digest,
+        tracker.run_url(run_id),
+    )
 
     trainer_cfg = {k: v for k, v in cfg["trainer"].items() if v is not None}
-    logger = MLFlowLogger(experiment_name=tracker.experiment_name, tracking_uri=tracker.uri, run_id=run_id)
+    logger = MLFlowLogger(
+        experiment_name=tracker.experiment_name, tracking_uri=tracker.uri, run_id=run_id
+    )
     trainer = L.Trainer(
         **trainer_cfg,
         logger=logger,
@@ -218,7 +240,9 @@ def _train(
         tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
         os.replace(tmp, stage_dir / DONE)
     seconds = time.perf_counter() - start
-    return StageResult(stage.name, digest, stage_dir / "model.ckpt", metrics, run_id, False, seconds)
+    return StageResult(
+        stage.name, digest, stage_dir / "model.ckpt", metrics, run_id, False, seconds
+    )
 
 
 def _save_atomically(trainer: L.Trainer, path: Path) -> None:
@@ -227,6 +251,6 @@ def _save_atomically(trainer: L.Trainer, path: Path) -> None:
     Every rank calls ``save_checkpoint`` (it synchronises); rank 0 writes and renames.
     """
     tmp = path.with_name(f".{path.name}.tmp")
-    trainer.save_checkpoint(str(tmp))
+    trainer.save_checkpoint(str(tmp), weights_only=False)
     if trainer.is_global_zero:
         os.replace(tmp, path)

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import modules.env  # noqa: F401  (before mlflow)
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
+import modules.env  # noqa: F401  (before mlflow)
 from experiments.config import REPO_ROOT, flatten
 
 STORE_DIR = REPO_ROOT / "mlflow"

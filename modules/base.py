@@ -13,13 +13,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import modules.env  # noqa: F401  (before lightning)
 import lightning as L
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
+import modules.env  # noqa: F401  (before lightning)
 from modules.registry import METHODS, TOWERS
 from modules.towers import TowerContext, build_tower
 from modules.towers.output import TowerOutput
@@ -74,7 +74,9 @@ class DualTowerModule(L.LightningModule):
                 f"{method['name']} computes {list(self.loss_terms)}"
             )
         self.tokenizer = WordTokenizer(vocab, max_len=max_text_len)
-        context = TowerContext(image_size=image_size, vocab_size=len(vocab), max_text_len=max_text_len)
+        context = TowerContext(
+            image_size=image_size, vocab_size=len(vocab), max_text_len=max_text_len
+        )
         self.towers = nn.ModuleDict(
             {
                 side: build_tower(
@@ -117,7 +119,9 @@ class DualTowerModule(L.LightningModule):
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """L2-normalised text embeddings of raw strings (zero-shot prompts)."""
         ids, mask = self.tokenizer.encode(texts)
-        out = self.towers["text"]({"text_ids": ids.to(self.device), "text_mask": mask.to(self.device)})
+        out = self.towers["text"](
+            {"text_ids": ids.to(self.device), "text_mask": mask.to(self.device)}
+        )
         return F.normalize(out.pooled, dim=-1)
 
     @property
@@ -139,7 +143,9 @@ class DualTowerModule(L.LightningModule):
         """Freeze the towers of a checkpoint's ``state_dict`` as the teacher."""
         if self.teacher is None:
             self.teacher = copy.deepcopy(self.towers)
-        towers = {k.removeprefix("towers."): v for k, v in state_dict.items() if k.startswith("towers.")}
+        towers = {
+            k.removeprefix("towers."): v for k, v in state_dict.items() if k.startswith("towers.")
+        }
         self.teacher.load_state_dict(towers, strict=True)
         self.teacher.requires_grad_(False).eval()
 
@@ -152,7 +158,9 @@ class DualTowerModule(L.LightningModule):
 
     # ------------------------------------------------------------------ losses
 
-    def losses(self, batch: dict[str, Any], outputs: dict[str, TowerOutput]) -> dict[str, torch.Tensor]:
+    def losses(
+        self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
+    ) -> dict[str, torch.Tensor]:
         """The method's loss terms, by name (see ``loss_terms``)."""
         raise NotImplementedError
 
@@ -162,12 +170,18 @@ class DualTowerModule(L.LightningModule):
         Terms with weight 0 are still computed and logged but left out of the sum.
         """
         weights = self.method_cfg.loss_weights
-        active = [weights.get(name, 1.0) * value for name, value in terms.items() if weights.get(name, 1.0)]
+        active = [
+            weights.get(name, 1.0) * value
+            for name, value in terms.items()
+            if weights.get(name, 1.0)
+        ]
         if not active:
             raise ValueError("method.loss_weights: every loss term has weight 0")
         return torch.stack(active).sum()
 
-    def _step(self, batch: dict[str, Any], split: str) -> tuple[torch.Tensor, dict[str, TowerOutput]]:
+    def _step(
+        self, batch: dict[str, Any], split: str
+    ) -> tuple[torch.Tensor, dict[str, TowerOutput]]:
         outputs = self.encode(batch)
         terms = self.losses(batch, outputs)
         loss = self.total_loss(terms)
@@ -175,7 +189,9 @@ class DualTowerModule(L.LightningModule):
         on_step = split == "train"
         logged = {f"{split}/loss/{name}": value.detach() for name, value in terms.items()}
         logged[f"{split}/loss"] = loss.detach()
-        self.log_dict(logged, on_step=on_step, on_epoch=not on_step, batch_size=size, sync_dist=not on_step)
+        self.log_dict(
+            logged, on_step=on_step, on_epoch=not on_step, batch_size=size, sync_dist=not on_step
+        )
         return loss, outputs
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -190,7 +206,9 @@ class DualTowerModule(L.LightningModule):
             "text": F.normalize(outputs["text"].pooled, dim=-1),
             "image_id": batch["image_id"],
             "index": batch["index"],
-            "labels": {k.removeprefix("label/"): v for k, v in batch.items() if k.startswith("label/")},
+            "labels": {
+                k.removeprefix("label/"): v for k, v in batch.items() if k.startswith("label/")
+            },
         }
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
@@ -220,7 +238,10 @@ class DualTowerModule(L.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = warmup_cosine(cfg["warmup_steps"], total, cfg["min_lr_ratio"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step, then clamp log(1/T) to [0, ln max_logit_scale] (CLIP, Radford et al. 2021)."""

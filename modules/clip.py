@@ -31,10 +31,16 @@ class CLIP(DualTowerModule):
 
     loss_terms = ("clip",)
 
-    def losses(self, batch: dict[str, Any], outputs: dict[str, TowerOutput]) -> dict[str, torch.Tensor]:
+    def losses(
+        self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
+    ) -> dict[str, torch.Tensor]:
         image = F.normalize(outputs["image"].pooled, dim=-1)
         text = F.normalize(outputs["text"].pooled, dim=-1)
         loss = clip_loss(
-            image, text, self.scale, ids=batch["image_id"], label_smoothing=self.method_cfg.label_smoothing
+            image,
+            text,
+            self.scale,
+            ids=batch["image_id"],
+            label_smoothing=self.method_cfg.label_smoothing,
         )
         return {"clip": loss}

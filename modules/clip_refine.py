@@ -46,12 +46,16 @@ class CLIPRefine(DualTowerModule):
     loss_terms = ("clip", "rafa", "hycd")
     requires_teacher = True
 
-    def losses(self, batch: dict[str, Any], outputs: dict[str, TowerOutput]) -> dict[str, torch.Tensor]:
+    def losses(
+        self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
+    ) -> dict[str, torch.Tensor]:
         cfg = self.method_cfg
         image, text = outputs["image"].pooled, outputs["text"].pooled
         teacher = self.encode_teacher(batch)
         ids = batch["image_id"]
-        reference = rafa_reference(len(image), image.shape[1], device=image.device, dtype=image.dtype)
+        reference = rafa_reference(
+            len(image), image.shape[1], device=image.device, dtype=image.dtype
+        )
         return {
             "clip": clip_loss(
                 F.normalize(image, dim=-1), F.normalize(text, dim=-1), self.scale, ids=ids

@@ -4,7 +4,9 @@ Imported first by every package of alignlab (and by run.py), so DDP ranks and da
 workers inherit them: no albumentations update check, no MLflow telemetry, no hub downloads.
 """
 
+import logging
 import os
+import warnings
 
 for _key, _value in {
     "NO_ALBUMENTATIONS_UPDATE": "1",
@@ -12,3 +14,10 @@ for _key, _value in {
     "HF_HUB_OFFLINE": "1",
 }.items():
     os.environ.setdefault(_key, _value)
+
+# Known, harmless notices that would otherwise bury the useful output of every run.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen teachers
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage()
+)

@@ -23,12 +23,26 @@ MODEL = {
     "learnable_temperature": True,
     "max_logit_scale": 100.0,
 }
-OPTIM = {"lr": 1e-3, "weight_decay": 0.1, "betas": [0.9, 0.98], "eps": 1e-6, "warmup_steps": 2, "min_lr_ratio": 0.0}
+OPTIM = {
+    "lr": 1e-3,
+    "weight_decay": 0.1,
+    "betas": [0.9, 0.98],
+    "eps": 1e-6,
+    "warmup_steps": 2,
+    "min_lr_ratio": 0.0,
+}
 
 
 def make(cls=CLIP, method=None, **optim):
     method = method or {"name": "clip"}
-    return cls(method=method, model=MODEL, optim={**OPTIM, **optim}, vocab=VOCAB, image_size=16, max_text_len=8)
+    return cls(
+        method=method,
+        model=MODEL,
+        optim={**OPTIM, **optim},
+        vocab=VOCAB,
+        image_size=16,
+        max_text_len=8,
+    )
 
 
 def batches(n: int, size: int = 4) -> list[dict[str, torch.Tensor]]:
@@ -36,7 +50,9 @@ def batches(n: int, size: int = 4) -> list[dict[str, torch.Tensor]]:
     gen = torch.Generator().manual_seed(0)
     out = []
     for i in range(n):
-        ids, mask = tok.encode(["a red circle", "a blue square", "a red square", "left of it"][:size])
+        ids, mask = tok.encode(
+            ["a red circle", "a blue square", "a red square", "left of it"][:size]
+        )
         out.append(
             {
                 "image": torch.randn(size, 3, 16, 16, generator=gen),
@@ -77,7 +93,9 @@ def test_temperature_is_clamped_after_every_step():
 
 def test_no_weight_decay_on_temperature_norms_and_biases():
     module = make()
-    trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = L.Trainer(
+        max_steps=10, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
     module.trainer = trainer  # estimated_stepping_batches reads max_steps
     groups = module.configure_optimizers()["optimizer"].param_groups
     decayed = {id(p) for p in groups[0]["params"]}
@@ -105,7 +123,11 @@ def test_unknown_loss_weight_is_rejected():
 
 def test_zero_weight_terms_are_logged_but_not_summed():
     module = make(CLIPRefine, method={"name": "clip_refine", "loss_weights": {"clip": 0.0}})
-    terms = {"clip": torch.tensor(float("nan")), "rafa": torch.tensor(2.0), "hycd": torch.tensor(3.0)}
+    terms = {
+        "clip": torch.tensor(float("nan")),
+        "rafa": torch.tensor(2.0),
+        "hycd": torch.tensor(3.0),
+    }
     assert module.total_loss(terms).item() == 5.0
 
 

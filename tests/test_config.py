@@ -41,10 +41,14 @@ def test_child_overrides_parent_and_cli_overrides_both(tmp_path):
 
 
 def test_new_method_name_replaces_the_block():
-    merged = merge({"method": {"name": "clip", "label_smoothing": 0.1}}, {"method": {"name": "clip_refine"}})
+    merged = merge(
+        {"method": {"name": "clip", "label_smoothing": 0.1}}, {"method": {"name": "clip_refine"}}
+    )
     assert merged == {"method": {"name": "clip_refine"}}
     merged = merge({"method": {"name": "clip", "a": 1}}, {"method": {"b": 2}})
     assert merged == {"method": {"name": "clip", "a": 1, "b": 2}}
+    merged = merge({"name": "parent", "seed": 1}, {"name": "child"})  # the experiment's name
+    assert merged == {"name": "child", "seed": 1}
 
 
 def test_parse_overrides_types_and_nesting():
@@ -57,12 +61,15 @@ def test_parse_overrides_types_and_nesting():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("method.alpha=0.3", "method.alpha: unknown key (known: label_smoothing, loss_weights, name)"),
+        (
+            "method.alpha=0.3",
+            "method.alpha: unknown key (known: label_smoothing, loss_weights, name)",
+        ),
         ("method.label_smoothing=abc", "method.label_smoothing: expected float, got 'abc'"),
         ("optim.lr=fast", "optim.lr: expected float, got 'fast'"),
         ("trainer.max_epoch=3", "trainer.max_epoch: unknown key"),
         ("method.name=nope", "method.name: unknown method 'nope'; known: clip, clip_refine"),
-        ("model.image.name=resnet", "model.image.name: unknown tower 'resnet'; known: cnn, vit"),
+        ("model.image.name=resnet", "model.image.name: unknown tower 'resnet'; known: cnn, transformer, vit"),
         ("data.name=imagenet", "data.name: unknown data 'imagenet'; known: image_text"),
     ],
 )
@@ -74,7 +81,9 @@ def test_errors_name_the_key_path(override, message):
 
 
 def test_stage_errors_name_the_stage():
-    with pytest.raises(ConfigError, match=r"^stages\.refine\.method\.alpha: expected float, got 'x'$"):
+    with pytest.raises(
+        ConfigError, match=r"^stages\.refine\.method\.alpha: expected float, got 'x'$"
+    ):
         load_experiment(EXPERIMENTS / "hycd.yaml", ["stages.refine.method.alpha=x"])
     with pytest.raises(ConfigError, match="stages.refine.init_from: 'nowhere' is neither"):
         load_experiment(EXPERIMENTS / "hycd.yaml", ["stages.refine.init_from=nowhere"])
@@ -120,7 +129,11 @@ def test_hash_ignores_logging_but_not_training_keys():
 
 
 def test_flatten():
-    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {
+        "a.b": 1,
+        "a.c.d": [1, 2],
+        "e": {},
+    }
 
 
 def test_main_prints_one_line_and_returns_2(capsys):
@@ -131,7 +144,12 @@ def test_main_prints_one_line_and_returns_2(capsys):
 
 def test_cli_exit_code_2_without_traceback():
     proc = subprocess.run(
-        [sys.executable, str(EXPERIMENTS / "run.py"), str(EXPERIMENTS / "clip.yaml"), "method.alpha=0.5"],
+        [
+            sys.executable,
+            str(EXPERIMENTS / "run.py"),
+            str(EXPERIMENTS / "clip.yaml"),
+            "method.alpha=0.5",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -48,7 +48,11 @@ def _data() -> dict[str, torch.Tensor]:
 def _loss(case: str, t: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
     image, text = t["x_image"] @ t["w_image"], t["x_text"] @ t["w_text"]
     if case.startswith("clip"):
-        image, text, scale = F.normalize(image, dim=1), F.normalize(text, dim=1), t["log_scale"].exp()
+        image, text, scale = (
+            F.normalize(image, dim=1),
+            F.normalize(text, dim=1),
+            t["log_scale"].exp(),
+        )
         if case == "clip_diagonal":
             return clip_loss(image, text, scale)
         if case == "clip_diagonal_smooth":
@@ -68,7 +72,11 @@ def _loss_and_grads(case: str, rows: slice) -> dict[str, torch.Tensor]:
     leaves = {k: data[k][rows].clone() if k in INPUTS else data[k].clone() for k in INPUTS + PARAMS}
     for leaf in leaves.values():
         leaf.requires_grad_()
-    local = {**leaves, "teacher_image": data["teacher_image"][rows], "teacher_text": data["teacher_text"][rows]}
+    local = {
+        **leaves,
+        "teacher_image": data["teacher_image"][rows],
+        "teacher_text": data["teacher_text"][rows],
+    }
     loss = _loss(case, local, IDS[rows])
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     out = {"loss": loss.detach()}
@@ -89,7 +97,9 @@ def _worker(local_rank: int, store_path: str, out_dir: str) -> None:
     # gather_with_grad: forward concatenates, backward sums every rank's column gradient.
     x = (torch.arange(6, dtype=torch.float64).view(3, 2) + 10 * local_rank).requires_grad_()
     gathered = gather_with_grad(x)
-    weight = torch.randn(6, 2, generator=torch.Generator().manual_seed(local_rank), dtype=torch.float64)
+    weight = torch.randn(
+        6, 2, generator=torch.Generator().manual_seed(local_rank), dtype=torch.float64
+    )
     (grad_x,) = torch.autograd.grad((gathered * weight).sum(), x)
     result["gather"] = {"value": gathered.detach(), "grad": grad_x}
     ids = gather_no_grad(torch.arange(3) + 3 * local_rank)
@@ -127,7 +137,9 @@ def test_two_ranks_match_one_process(rank_results, case):
     for name in PARAMS:
         torch.testing.assert_close(sum(r[name] for r in per_rank) / WORLD, full[name], **TOL)
     for name in INPUTS:
-        torch.testing.assert_close(torch.cat([r[name] for r in per_rank]) / WORLD, full[name], **TOL)
+        torch.testing.assert_close(
+            torch.cat([r[name] for r in per_rank]) / WORLD, full[name], **TOL
+        )
 
 
 def test_rank_helpers_and_gathers(rank_results):

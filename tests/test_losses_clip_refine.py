@@ -104,7 +104,10 @@ def test_hybrid_targets_rows_and_limits(alpha):
     teacher = _randn(6, 6, seed=7).requires_grad_()
     ids = torch.tensor([0, 1, 0, 2, 1, 0])
     soft = (teacher.detach() / 2.0).softmax(dim=1)
-    for ids_row, hard in ((None, torch.eye(6)), (ids, multi_positive_targets(ids, ids, dtype=torch.float64))):
+    for ids_row, hard in (
+        (None, torch.eye(6)),
+        (ids, multi_positive_targets(ids, ids, dtype=torch.float64)),
+    ):
         q = hybrid_targets(teacher, alpha, 2.0, ids_row, ids_row)
         torch.testing.assert_close(q.sum(dim=1), torch.ones(6, dtype=torch.float64), **TOL)
         torch.testing.assert_close(q, alpha * hard.double() + (1 - alpha) * soft, **TOL)

@@ -26,7 +26,9 @@ def slow_clip(image, text, scale, ids, eps):
     def direction(rows, cols):
         total = 0.0
         for i in range(n):
-            logits = [scale * sum(rows[i, k] * cols[j, k] for k in range(rows.shape[1])) for j in range(n)]
+            logits = [
+                scale * sum(rows[i, k] * cols[j, k] for k in range(rows.shape[1])) for j in range(n)
+            ]
             top = max(float(v.detach()) for v in logits)
             lse = top + torch.log(sum(torch.exp(v - top) for v in logits))
             positives = [j for j in range(n) if ids[j] == ids[i]]

@@ -18,9 +18,9 @@ def test_tokenizer_vocab_encode_decode():
     assert tok.vocab[:3] == list(SPECIALS)
     assert tok.vocab[3:] == sorted(tok.vocab[3:])
     ids, mask = tok.encode(["a red circle", "purple circle"])
-    assert ids.shape == mask.shape == (2, 8)
+    assert ids.shape == mask.shape == (2, 4)  # padded to the longest row: <cls> a red circle
     assert ids[0, 0].item() == tok.vocab.index("<cls>")
-    assert mask[0].tolist() == [True] * 4 + [False] * 4
+    assert mask.tolist() == [[True] * 4, [True] * 3 + [False]]
     assert tok.decode(ids) == ["a red circle", "circle"]
     assert ids[1, 1].item() == tok.vocab.index("<unk>")
     long_ids, long_mask = tok.encode(["a " * 50])
@@ -59,10 +59,12 @@ def test_text_tower_ignores_padding(pooling):
         16,
         TowerContext(vocab_size=len(tok), max_text_len=12),
     ).eval()
-    short = dict(zip(("text_ids", "text_mask"), tok.encode(["a red circle"])))
-    padded = {k: v[:, :6] for k, v in short.items()}  # same text, less padding
+    short = dict(zip(("text_ids", "text_mask"), tok.encode(["a red circle"]), strict=True))
+    padded = {k: torch.nn.functional.pad(v, (0, 6)) for k, v in short.items()}  # more padding
     a, b = tower(short), tower(padded)
-    assert a.pooled.shape == (1, 16) and a.tokens.shape == (1, 12, 16)
+    assert (
+        a.pooled.shape == (1, 16) and a.tokens.shape == (1, 4, 16) and b.tokens.shape == (1, 10, 16)
+    )
     torch.testing.assert_close(a.pooled, b.pooled, atol=1e-5, rtol=1e-5)
-    other = dict(zip(("text_ids", "text_mask"), tok.encode(["a blue circle"])))
+    other = dict(zip(("text_ids", "text_mask"), tok.encode(["a blue circle"]), strict=True))
     assert not torch.allclose(tower(other).pooled, a.pooled)

@@ -1,0 +1,1 @@
+"""Generators of the built-in datasets (deterministic, cached)."""

@@ -234,7 +234,12 @@ def _relation(subject: Obj, other: Obj, vertical: bool, variant: int) -> str:
 
 
 def _single_caption(o: Obj, py: random.Random) -> str:
-    form, sized, size_variant, pos_variant = py.randrange(8), py.random() < 0.5, py.randrange(3), py.randrange(2)
+    form, sized, size_variant, pos_variant = (
+        py.randrange(8),
+        py.random() < 0.5,
+        py.randrange(3),
+        py.randrange(2),
+    )
     size = f"{_SIZE_WORDS[o.size][size_variant]} " if sized else ""
     phrase, pos = f"a {size}{o.color} {o.shape}", _position(o, pos_variant)
     return (

@@ -37,11 +37,12 @@ def read_coco(annotations: str | Path, image_dir: str | Path) -> FileCaptions:
         text = ann.get("caption") if isinstance(ann, dict) else None
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{annotations}: annotations[{n}] needs a non-empty 'caption'")
-        if not isinstance(ann.get("image_id"), int | str) or ann["image_id"] not in files:
+        image_id = ann.get("image_id")
+        if not isinstance(image_id, int | str) or image_id not in files:
             raise ValueError(
-                f"{annotations}: annotations[{n}] refers to unknown image_id {ann.get('image_id')!r}"
+                f"{annotations}: annotations[{n}] refers to unknown image_id {image_id!r}"
             )
-        captions.setdefault(ann["image_id"], []).append(text.strip())
+        captions.setdefault(image_id, []).append(text.strip())
     ids = [i for i in files if i in captions]
     if not ids:
         raise ValueError(f"{annotations}: no image has a caption")

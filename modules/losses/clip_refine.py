@@ -75,8 +75,9 @@ def hybrid_targets(
 ) -> Tensor:
     """HyCD targets `q = alpha * P + (1 - alpha) * softmax(teacher_logits / t_kd)`, rows sum to 1.
 
-    P is the identity [R, C] when no ids are given, else each row uniform over the columns
-    with the same id (several captions of one image). The teacher is detached.
+    P is the identity [R, C] when no ids are given (row i's positive is column i: pass ids
+    for local rows against global columns), else each row uniform over the columns with the
+    same id (several captions of one image). The teacher is detached.
     """
     assert (ids_row is None) == (ids_col is None), "give both ids_row and ids_col, or neither"
     soft = (teacher_logits.detach() / t_kd).softmax(dim=1)
@@ -117,12 +118,15 @@ def hycd_loss(
     assert teacher_image.shape[0] == batch, "teacher and student batch sizes differ"
     rows, cols = row_and_column_ids(ids, batch, student_image.device)
     teacher_image, teacher_text = teacher_image.detach(), teacher_text.detach()
-    directions = (
-        (student_image, gather_no_grad(student_text), teacher_image, gather_no_grad(teacher_text)),
-        (student_text, gather_with_grad(student_image), teacher_text, gather_no_grad(teacher_image)),
+
+    def direction(s_rows: Tensor, s_cols: Tensor, t_rows: Tensor, t_cols: Tensor) -> Tensor:
+        targets = hybrid_targets(t_rows @ t_cols.T, alpha, t_kd, rows, cols)
+        return _distill(s_rows @ s_cols.T, targets, t_kd)
+
+    loss_i2t = direction(
+        student_image, gather_with_grad(student_text), teacher_image, gather_no_grad(teacher_text)
     )
-    losses = [
-        _distill(s_row @ s_col.T, hybrid_targets(t_row @ t_col.T, alpha, t_kd, rows, cols), t_kd)
-        for s_row, s_col, t_row, t_col in directions
-    ]
-    return 0.5 * (losses[0] + losses[1])
+    loss_t2i = direction(
+        student_text, gather_with_grad(student_image), teacher_text, gather_no_grad(teacher_image)
+    )
+    return 0.5 * (loss_i2t + loss_t2i)

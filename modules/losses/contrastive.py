@@ -1,9 +1,10 @@
 """Symmetric InfoNCE (CLIP) with id-defined positives, label smoothing and exact DDP negatives.
 
 Notation follows methods/part1.md: `CE_soft(l, q) = -sum_j q_j log softmax(l)_j`,
-`InfoNCE_{A->B} = (1/B) sum_i CE(s_i,: / tau, i)`, `CLIP(A, B) = 1/2 [InfoNCE_{A->B} + InfoNCE_{B->A}]`
-(Radford et al., 2021). Positives come from sample ids (e.g. `image_id`), so the five captions
-of one COCO image are positives of each other, never negatives.
+`InfoNCE_{A->B} = (1/B) sum_i CE(s_i,: / tau, i)` and
+`CLIP(A, B) = 1/2 [InfoNCE_{A->B} + InfoNCE_{B->A}]` (Radford et al., 2021).
+Positives come from sample ids (e.g. `image_id`), so the five captions of one COCO image
+are positives of each other, never negatives.
 
 Under DDP every rank scores its local rows against the gathered global columns (one
 `gather_with_grad` per modality) and averages over its local rows; DDP's gradient averaging

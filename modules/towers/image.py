@@ -37,7 +37,9 @@ class _Stage(nn.Module):
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
         self.down = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), _group_norm(c_out), nn.GELU()
+            nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+            _group_norm(c_out),
+            nn.GELU(),
         )
         self.res = nn.Sequential(
             nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), _group_norm(c_out), nn.GELU()
@@ -58,7 +60,9 @@ class CNNTower(nn.Module):
             raise ValueError("model.image.channels: needs at least one stage")
         self.key = cfg.key
         widths = [context.in_channels, *cfg.channels]
-        self.stages = nn.Sequential(*(_Stage(a, b) for a, b in zip(widths, widths[1:])))
+        self.stages = nn.Sequential(
+            *(_Stage(a, b) for a, b in zip(widths, widths[1:], strict=False))
+        )
         self.head = projection_head(cfg.channels[-1], embed_dim, cfg.projection)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> TowerOutput:

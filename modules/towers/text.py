@@ -54,7 +54,9 @@ class TextTransformerTower(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> TowerOutput:
         ids, mask = batch["text_ids"], batch["text_mask"]
         if ids.shape[1] > self.pos.shape[1]:
-            raise ValueError(f"text has {ids.shape[1]} tokens; the tower allows {self.pos.shape[1]}")
+            raise ValueError(
+                f"text has {ids.shape[1]} tokens; the tower allows {self.pos.shape[1]}"
+            )
         x = self.embed(ids) + self.pos[:, : ids.shape[1]]
         x = self.norm(self.encoder(x, src_key_padding_mask=~mask))
         if self.pooling == "cls":

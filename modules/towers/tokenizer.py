@@ -46,17 +46,21 @@ class WordTokenizer:
         return len(self.vocab)
 
     def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids (``<cls>`` first, truncated to ``max_len``) and a boolean validity mask."""
-        ids = torch.zeros(len(texts), self.max_len, dtype=torch.long)
+        """Token ids (``<cls>`` first, truncated to ``max_len``) and a boolean validity mask.
+
+        Rows are padded to the longest text of the batch, not to ``max_len``: attention cost
+        grows with the padded length.
+        """
         unk = self._ids[UNK]
-        for row, text in enumerate(texts):
-            tokens = [self._ids[CLS]] + [self._ids.get(w, unk) for w in split_words(text)]
-            tokens = tokens[: self.max_len]
-            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        rows = [
+            ([self._ids[CLS]] + [self._ids.get(w, unk) for w in split_words(text)])[: self.max_len]
+            for text in texts
+        ]
+        ids = torch.zeros(len(rows), max((len(r) for r in rows), default=1), dtype=torch.long)
+        for i, tokens in enumerate(rows):
+            ids[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         return ids, ids != self._ids[PAD]
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         """Words of each row, without specials (for logs and plots)."""
-        return [
-            " ".join(self.vocab[i] for i in row.tolist() if i >= len(SPECIALS)) for row in ids
-        ]
+        return [" ".join(self.vocab[i] for i in row.tolist() if i >= len(SPECIALS)) for row in ids]

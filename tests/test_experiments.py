@@ -1,0 +1,100 @@
+"""Every experiments/*.yaml runs end to end on a tiny embedded dataset and lands in MLflow."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from experiments.config import load_experiment
+from experiments.stages import run_experiment
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+YAMLS = sorted(p.name for p in EXPERIMENTS.glob("*.yaml") if p.name != "base.yaml")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """One sqlite store and output folder for the module (creating a store costs seconds)."""
+    return tmp_path_factory.mktemp("runs")
+
+
+def tiny(store: Path, *extra: str) -> list[str]:
+    return [
+        "data.num_train=48",
+        "data.num_val=8",
+        "data.num_test=8",
+        "data.batch_size=16",
+        "data.eval_batch_size=32",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+        f"output_dir={store / 'outputs'}",
+        f"logger.tracking_uri=sqlite:///{store / 'mlflow.db'}",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("name", YAMLS)
+def test_experiment_runs_a_few_steps(name, store):
+    stages = load_experiment(
+        EXPERIMENTS / name, tiny(store, f"logger.experiment_name=smoke-{name}")
+    )
+    results = run_experiment(stages)
+    assert [r.name for r in results] == [s.name for s in stages]
+    for result in results:
+        assert result.checkpoint.is_file()
+        for key in (
+            "test/retrieval/image_to_text/R1",
+            "test/retrieval/text_to_image/median_rank",
+            "test/alignment",
+            "test/uniformity/image",
+            "test/modality_gap",
+            "test/zero_shot/shape/accuracy",
+            "test/loss",
+        ):
+            assert key in result.metrics, key
+
+
+def test_hycd_logs_a_parent_with_two_nested_stages_and_reuses_pretrain(store, caplog):
+    overrides = tiny(store, "logger.experiment_name=chain")
+    run_experiment(load_experiment(EXPERIMENTS / "hycd.yaml", overrides))
+    with caplog.at_level(logging.INFO, logger="alignlab"):
+        second = run_experiment(load_experiment(EXPERIMENTS / "hycd.yaml", overrides))
+    assert second[0].cached and not second[1].cached
+    assert "stage pretrain: reusing the finished stage" in caplog.text
+
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("chain")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 2  # one per invocation
+    latest = max(parents, key=lambda r: r.info.start_time)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == latest.info.run_id]
+    assert sorted(r.data.tags["alignlab.stage"] for r in children) == ["pretrain", "refine"]
+    by_stage = {r.data.tags["alignlab.stage"]: r for r in children}
+    assert by_stage["pretrain"].data.tags["alignlab.cached"] == "true"
+    refine = by_stage["refine"]
+    assert refine.data.params["method.name"] == "clip_refine"
+    assert refine.data.params["method.alpha"] == "0.5"
+    for key in (
+        "train/loss",
+        "train/loss/rafa",
+        "train/loss/hycd",
+        "train/loss/clip",
+        "val/retrieval/image_to_text/R1",
+        "test/retrieval/text_to_image/R10",
+        "test/alignment",
+        "test/uniformity/text",
+        "test/modality_gap",
+        "test/zero_shot/color/accuracy",
+    ):
+        assert key in refine.data.metrics, key
+    artifacts = {a.path for a in client.list_artifacts(refine.info.run_id)}
+    assert "config.yaml" in artifacts
+    plots = {a.path for a in client.list_artifacts(refine.info.run_id, "plots")}
+    assert {"plots/similarity_matrix.png", "plots/embedding_pca.png"} <= plots
+    assert "test/modality_gap" in latest.data.metrics

@@ -1,0 +1,84 @@
+"""Albumentations pipelines from YAML lists, the uint8 -> tensor conversion, and augmentation
+inside the image-text datamodule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from datamodules import ImageTextDataConfig, ImageTextDataModule
+from datamodules.image_text import AugmentConfig
+from datamodules.transforms import ImageTransform, build_transforms, to_tensor
+
+YAML = """
+augment:
+  - {name: HorizontalFlip, p: 1.0}
+  - name: OneOf
+    p: 1.0
+    transforms:
+      - {name: VerticalFlip, p: 1.0}
+  - {name: GaussNoise, std_range: [0.1, 0.2], p: 0.0}
+"""
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+
+
+def test_pipeline_from_yaml_list(image):
+    steps = OmegaConf.create(YAML).augment  # a ListConfig of DictConfigs, as from a config
+    pipeline = build_transforms(steps)
+    out = pipeline(image=image)["image"]
+    assert np.array_equal(out, image[::-1, ::-1])  # both flips ran, noise had p=0
+    assert build_transforms([]) is None and build_transforms(None) is None
+
+
+def test_unknown_or_malformed_step(image):
+    with pytest.raises(
+        ValueError,
+        match="unknown albumentations transform 'HorizontalFlp'.*did you mean HorizontalFlip",
+    ):
+        build_transforms([{"name": "HorizontalFlp"}])
+    with pytest.raises(ValueError, match="unknown albumentations transform 'np'"):
+        build_transforms([{"name": "np"}])  # an attribute of albumentations, not a transform
+    with pytest.raises(ValueError, match="'name'"):
+        build_transforms([{"p": 0.5}])
+
+
+def test_to_tensor_matches_a_reference(image):
+    tensor = to_tensor(image)
+    reference = torch.empty(3, 12, 10)
+    for c in range(3):
+        for y in range(12):
+            for x in range(10):
+                reference[c, y, x] = (float(image[y, x, c]) - 127.5) / 127.5
+    assert tensor.dtype == torch.float32 and torch.allclose(tensor, reference, atol=1e-6)
+    assert to_tensor(np.full((1, 1, 3), 255, np.uint8)).eq(1).all()
+    assert to_tensor(np.zeros((1, 1, 3), np.uint8)).eq(-1).all()
+    frozen = image.copy()
+    frozen.flags.writeable = False
+    assert torch.equal(to_tensor(frozen), tensor)
+
+
+def test_shape_changing_augmentation_is_rejected(image):
+    with pytest.raises(ValueError, match="changed the image shape"):
+        ImageTransform([{"name": "Resize", "height": 8, "width": 8}])(image)
+    same = ImageTransform([{"name": "Resize", "height": 12, "width": 10}])(image)
+    assert same.shape == (3, 12, 10)
+
+
+def test_datamodule_augments_training_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGNLAB_CACHE", str(tmp_path))
+    augment = AugmentConfig(train=[{"name": "HorizontalFlip", "p": 1.0}])
+    cfg = ImageTextDataConfig(num_train=8, num_val=4, num_test=4, augment=augment, batch_size=4)
+    dm = ImageTextDataModule(cfg)
+    dm.setup("fit")
+    plain = ImageTextDataModule(ImageTextDataConfig(num_train=8, num_val=4, num_test=4))
+    plain.setup("fit")
+    for i in range(3):
+        flipped, raw = dm.datasets["train"][i]["image"], plain.datasets["train"][i]["image"]
+        assert torch.equal(flipped, raw.flip(-1)) and not torch.equal(flipped, raw)
+        assert torch.equal(dm.datasets["val"][i]["image"], plain.datasets["val"][i]["image"])
