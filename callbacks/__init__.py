@@ -2,7 +2,6 @@
 
 import modules.env  # noqa: F401
 
-# isort: split
 from callbacks.evaluation import EmbeddingMetrics
 from callbacks.metrics import (
     AlignmentUniformity,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import modules.env  # noqa: F401
 
-# isort: split
 from typing import Any
 
 import lightning.pytorch as pl

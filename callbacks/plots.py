@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import modules.env  # noqa: F401
 
-# isort: split
 from pathlib import Path
 from typing import Any
 

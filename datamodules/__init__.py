@@ -2,7 +2,6 @@
 
 import modules.env  # noqa: F401  (first: environment for lightning and albumentations)
 
-# isort: split
 from datamodules.image_text import ImageTextDataConfig, ImageTextDataModule
 
 __all__ = ["ImageTextDataConfig", "ImageTextDataModule"]

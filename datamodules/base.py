@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import modules.env  # noqa: F401  (first: environment for lightning's imports)
 
-# isort: split
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import modules.env  # noqa: F401  (first: environment for lightning's imports)
 
-# isort: split
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

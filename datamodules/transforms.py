@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import modules.env  # noqa: F401  (first: albumentations' update check is off)
 
-# isort: split
 import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any

@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
 import modules.env  # noqa: E402, F401  (before lightning and mlflow)
+
 from experiments.config import ConfigError, load_experiment  # noqa: E402
 
 USAGE = "usage: python experiments/run.py CONFIG.yaml [key=value ...]"
@@ -29,12 +30,18 @@ def main(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="alignlab: %(message)s")
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
     from experiments.stages import run_experiment
 
+    leader = rank_zero_only.rank == 0  # under DDP every rank runs this script
+    logging.basicConfig(
+        level=logging.INFO if leader else logging.WARNING, format="alignlab: %(message)s"
+    )
     start = time.perf_counter()
     results = run_experiment(stages)
-    summarise(results, time.perf_counter() - start)
+    if leader:
+        summarise(results, time.perf_counter() - start)
     return 0
 
 

@@ -8,6 +8,8 @@ identical stage (same resolved config and same upstream stages) has finished bef
 
 from __future__ import annotations
 
+import modules.env  # noqa: F401  (before lightning)
+
 import json
 import logging
 import os
@@ -20,7 +22,6 @@ import lightning as L
 import yaml
 from lightning.pytorch.loggers import MLFlowLogger
 
-import modules.env  # noqa: F401  (before lightning)
 from callbacks.evaluation import EmbeddingMetrics
 from callbacks.plots import EmbeddingPlots
 from experiments.config import Stage, config_hash
@@ -80,7 +81,8 @@ def run_experiment(stages: list[Stage], tracker: Tracker | None = None) -> list[
             f"{first['name']}-{data}-{hashes[stages[-1].name]}",
             {"alignlab.method": method, "alignlab.data": data, "alignlab.stages": ",".join(hashes)},
         )
-        tracker.log_artifact(parent_id, _write_yaml(stages, hashes))
+        if tracker.active:
+            tracker.log_artifact(parent_id, _write_yaml(stages, hashes))
     results: dict[str, StageResult] = {}
     ok = False
     try:
@@ -254,3 +256,4 @@ def _save_atomically(trainer: L.Trainer, path: Path) -> None:
     trainer.save_checkpoint(str(tmp), weights_only=False)
     if trainer.is_global_zero:
         os.replace(tmp, path)
+    trainer.strategy.barrier("checkpoint-saved")  # later stages on other ranks read it

@@ -1,21 +1,24 @@
 """MLflow bookkeeping: the experiment, parent and stage runs, params and artifacts.
 
 Lightning's ``MLFlowLogger`` logs the metrics of a stage into a run created here (by id), so a
-chained experiment shows up as one parent run with a nested run per stage.
+chained experiment shows up as one parent run with a nested run per stage. Under DDP every rank
+runs the same script; only global rank 0 talks to MLflow (the others get a silent tracker).
 """
 
 from __future__ import annotations
+
+import modules.env  # noqa: F401  (before mlflow)
 
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-import modules.env  # noqa: F401  (before mlflow)
 from experiments.config import REPO_ROOT, flatten
 
 STORE_DIR = REPO_ROOT / "mlflow"
@@ -49,10 +52,13 @@ class Tracker:
 
     def __init__(self, tracking_uri: str | None, experiment_name: str) -> None:
         self.uri = tracking_uri or default_tracking_uri()
+        self.experiment_name = experiment_name
+        self.active = rank_zero_only.rank == 0
+        if not self.active:
+            return
         if self.uri.startswith("sqlite:///"):
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(self.uri)
-        self.experiment_name = experiment_name
         found = self.client.get_experiment_by_name(experiment_name)
         if found is not None:
             self.experiment_id = found.experiment_id
@@ -62,8 +68,12 @@ class Tracker:
                 location = (STORE_DIR / "artifacts" / experiment_name).as_uri()
             self.experiment_id = self.client.create_experiment(experiment_name, location)
 
-    def start_run(self, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
-        """A new run (nested under ``parent_id`` if given); returns its id."""
+    def start_run(
+        self, name: str, tags: dict[str, str], parent_id: str | None = None
+    ) -> str | None:
+        """A new run (nested under ``parent_id`` if given); returns its id (None off rank 0)."""
+        if not self.active:
+            return None
         tags = {**git_state(), "alignlab.command": " ".join(sys.argv), **tags}
         if parent_id is not None:
             tags["mlflow.parentRunId"] = parent_id
@@ -71,6 +81,8 @@ class Tracker:
 
     def log_params(self, run_id: str, config: dict[str, Any]) -> None:
         """The flattened config as params (values truncated to MLflow's length limit)."""
+        if not self.active:
+            return
         params = [
             Param(key, str(value)[:MAX_PARAM_VAL_LENGTH]) for key, value in flatten(config).items()
         ]
@@ -78,15 +90,21 @@ class Tracker:
             self.client.log_batch(run_id, params=params[start : start + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        if not self.active:
+            return
         stamp = 0
         rows = [Metric(key, float(value), stamp, step) for key, value in metrics.items()]
         for start in range(0, len(rows), 500):
             self.client.log_batch(run_id, metrics=rows[start : start + 500])
 
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        if not self.active:
+            return
         self.client.log_artifact(run_id, str(path), folder)
 
     def finish(self, run_id: str, ok: bool) -> None:
+        if not self.active:
+            return
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
     def run_url(self, run_id: str) -> str:

@@ -8,6 +8,8 @@ says which loss terms it computes (``losses``); the base weights them with
 
 from __future__ import annotations
 
+import modules.env  # noqa: F401  (before lightning)
+
 import copy
 import math
 from dataclasses import dataclass, field
@@ -19,7 +21,6 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-import modules.env  # noqa: F401  (before lightning)
 from modules.registry import METHODS, TOWERS
 from modules.towers import TowerContext, build_tower
 from modules.towers.output import TowerOutput
@@ -42,6 +43,15 @@ def as_dataclass(schema: type, data: dict[str, Any]) -> Any:
 def load_checkpoint(path: str) -> dict[str, Any]:
     """A Lightning checkpoint read safely (tensors and plain containers only)."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_module(path: str) -> DualTowerModule:
+    """The trained method of a checkpoint, rebuilt with its config and tokenizer, in eval mode."""
+    checkpoint = load_checkpoint(path)
+    hparams = checkpoint["hyper_parameters"]
+    module = METHODS.get(hparams["method"]["name"]).cls(**hparams)
+    module.load_state_dict(checkpoint["state_dict"], strict=True)
+    return module.eval()
 
 
 class DualTowerModule(L.LightningModule):

@@ -46,6 +46,13 @@ class CLIPRefine(DualTowerModule):
     loss_terms = ("clip", "rafa", "hycd")
     requires_teacher = True
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.method_cfg.loss_weights.get("clip", 1.0):
+            # Only the CLIP term uses the temperature: without it, freeze it (DDP also
+            # rejects parameters that receive no gradient).
+            self.logit_scale.requires_grad_(False)
+
     def losses(
         self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
     ) -> dict[str, torch.Tensor]:

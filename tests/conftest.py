@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import modules.env  # noqa: F401  (before any test imports mlflow, lightning or albumentations)
+
 import pytest
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import modules.env  # noqa: F401
 
-# isort: split
 import lightning.pytorch as pl
 import pytest
 import torch

@@ -69,7 +69,10 @@ def test_parse_overrides_types_and_nesting():
         ("optim.lr=fast", "optim.lr: expected float, got 'fast'"),
         ("trainer.max_epoch=3", "trainer.max_epoch: unknown key"),
         ("method.name=nope", "method.name: unknown method 'nope'; known: clip, clip_refine"),
-        ("model.image.name=resnet", "model.image.name: unknown tower 'resnet'; known: cnn, transformer, vit"),
+        (
+            "model.image.name=resnet",
+            "model.image.name: unknown tower 'resnet'; known: cnn, transformer, vit",
+        ),
         ("data.name=imagenet", "data.name: unknown data 'imagenet'; known: image_text"),
     ],
 )

@@ -6,10 +6,12 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from experiments.config import load_experiment
 from experiments.stages import run_experiment
+from modules.base import load_module
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 YAMLS = sorted(p.name for p in EXPERIMENTS.glob("*.yaml") if p.name != "base.yaml")
@@ -47,6 +49,11 @@ def test_experiment_runs_a_few_steps(name, store):
     assert [r.name for r in results] == [s.name for s in stages]
     for result in results:
         assert result.checkpoint.is_file()
+        module = load_module(str(result.checkpoint))  # weights_only load, tokenizer included
+        words = module.tokenizer.vocab[3:]
+        assert len(words) > 10 and module.towers["text"].embed.num_embeddings == len(words) + 3
+        embedded = module.encode_texts([" ".join(words[:4]), " ".join(words[4:9])])
+        torch.testing.assert_close(embedded.norm(dim=-1), torch.ones(2))
         for key in (
             "test/retrieval/image_to_text/R1",
             "test/retrieval/text_to_image/median_rank",
