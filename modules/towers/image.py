@@ -15,7 +15,7 @@ from torch import nn
 
 from modules.registry import TOWERS
 from modules.towers import TowerContext
-from modules.towers.heads import projection_head
+from modules.towers.layers import TransformerConfig, projection_head, transformer_encoder
 from modules.towers.output import TowerOutput
 
 
@@ -72,15 +72,10 @@ class CNNTower(nn.Module):
 
 
 @dataclass
-class ViTConfig:
+class ViTConfig(TransformerConfig):
     name: str = "vit"
     patch_size: int = 8
-    width: int = 128
     depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 2.0
-    dropout: float = 0.0
-    projection: str = "linear"
     key: str = "image"
 
 
@@ -100,16 +95,7 @@ class ViTTower(nn.Module):
         self.patchify = nn.Conv2d(context.in_channels, cfg.width, cfg.patch_size, cfg.patch_size)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos = nn.Parameter(torch.randn(1, num_patches + 1, cfg.width) * 0.02)
-        layer = nn.TransformerEncoderLayer(
-            cfg.width,
-            cfg.heads,
-            int(cfg.width * cfg.mlp_ratio),
-            cfg.dropout,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
-        self.encoder = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
+        self.encoder = transformer_encoder(cfg)
         self.norm = nn.LayerNorm(cfg.width)
         self.head = projection_head(cfg.width, embed_dim, cfg.projection)
 

@@ -9,20 +9,14 @@ from torch import nn
 
 from modules.registry import TOWERS
 from modules.towers import TowerContext
-from modules.towers.heads import projection_head
+from modules.towers.layers import TransformerConfig, projection_head, transformer_encoder
 from modules.towers.output import TowerOutput
 
 
 @dataclass
-class TextTransformerConfig:
+class TextTransformerConfig(TransformerConfig):
     name: str = "transformer"
-    width: int = 128
-    depth: int = 2
-    heads: int = 4
-    mlp_ratio: float = 2.0
-    dropout: float = 0.0
     pooling: str = "cls"
-    projection: str = "linear"
 
 
 @TOWERS.register("transformer", TextTransformerConfig)
@@ -38,16 +32,7 @@ class TextTransformerTower(nn.Module):
         self.pooling = cfg.pooling
         self.embed = nn.Embedding(context.vocab_size, cfg.width, padding_idx=0)
         self.pos = nn.Parameter(torch.randn(1, context.max_text_len, cfg.width) * 0.02)
-        layer = nn.TransformerEncoderLayer(
-            cfg.width,
-            cfg.heads,
-            int(cfg.width * cfg.mlp_ratio),
-            cfg.dropout,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
-        self.encoder = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
+        self.encoder = transformer_encoder(cfg)
         self.norm = nn.LayerNorm(cfg.width)
         self.head = projection_head(cfg.width, embed_dim, cfg.projection)
 
