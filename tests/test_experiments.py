@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -105,3 +106,39 @@ def test_hycd_logs_a_parent_with_two_nested_stages_and_reuses_pretrain(store, ca
     plots = {a.path for a in client.list_artifacts(refine.info.run_id, "plots")}
     assert {"plots/similarity_matrix.png", "plots/embedding_pca.png"} <= plots
     assert "test/modality_gap" in latest.data.metrics
+
+
+def write_jsonl_dataset(root: Path) -> None:
+    """Tiny real-format data: coloured squares with two captions each, three splits."""
+    from PIL import Image
+
+    colours = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220)}
+    (root / "imgs").mkdir(parents=True)
+    for split, count in (("train", 24), ("val", 6), ("test", 6)):
+        lines = []
+        for i in range(count):
+            name, rgb = list(colours.items())[i % 3]
+            path = f"imgs/{split}{i}.png"
+            Image.new("RGB", (20, 20), rgb).save(root / path)
+            lines.append(json.dumps({"image": path, "captions": [f"a {name} square", f"{name}"]}))
+        (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_hycd_runs_on_a_jsonl_dataset_and_vit(store, tmp_path):
+    """The real-format path through the whole chain (vocabulary carried into the refine stage)."""
+    write_jsonl_dataset(tmp_path / "data")
+    overrides = tiny(
+        store,
+        "data.format=jsonl",
+        f"data.root={tmp_path / 'data'}",
+        "data.image_size=32",
+        "data.batch_size=8",
+        "model.image={name: vit, patch_size: 8, width: 32, depth: 1, heads: 2}",
+        "logger.experiment_name=jsonl",
+    )
+    pretrain, refine = run_experiment(load_experiment(EXPERIMENTS / "hycd.yaml", overrides))
+    assert "test/retrieval/image_to_text/R1" in refine.metrics
+    assert not any("zero_shot" in key for key in refine.metrics)  # real data: no label tasks
+    vocab = load_module(str(pretrain.checkpoint)).tokenizer.vocab
+    assert load_module(str(refine.checkpoint)).tokenizer.vocab == vocab
+    assert set(vocab[3:]) == {"a", "square", "red", "green", "blue"}
