@@ -68,6 +68,7 @@ class EmbeddingMetrics(pl.Callback):
             "retrieval": RetrievalMetrics(block_size=self.retrieval_block_size).to(device),
             "alignment": AlignmentUniformity(max_items=self.uniformity_max_items).to(device),
             "gap": ModalityGap().to(device),
+            "gap_raw": ModalityGap(normalize=False).to(device),
         }
         tasks = getattr(trainer.datamodule, "zero_shot_tasks", None) or {}
         with torch.no_grad():
@@ -85,8 +86,12 @@ class EmbeddingMetrics(pl.Callback):
             return
         image, text = outputs["image"], outputs["text"]
         image_id, index = outputs["image_id"], outputs["index"]
-        for metric in self._paired.values():
-            metric.update(image, text, image_id, index)
+        raw = outputs.get("raw")
+        for name, metric in self._paired.items():
+            if name != "gap_raw":
+                metric.update(image, text, image_id, index)
+            elif raw is not None:
+                metric.update(raw["image"], raw["text"], image_id, index)
         labels = outputs.get("labels") or {}
         for task, metric in self._zero_shot.items():
             if task in labels:
@@ -105,7 +110,9 @@ class EmbeddingMetrics(pl.Callback):
             values[f"{stage}/retrieval/text_to_image/R1"],
         )
         values[f"{stage}/retrieval/mean_R1"] = (r1[0] + r1[1]) / 2
-        for name in ("alignment", "gap"):
+        for name in ("alignment", "gap", "gap_raw"):
+            if not self._paired[name].update_count:
+                continue
             for key, value in self._paired[name].compute().items():
                 values[f"{stage}/{key}"] = value
         for task, metric in self._zero_shot.items():

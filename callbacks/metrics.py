@@ -170,13 +170,21 @@ class ModalityGap(_PairedEmbeddings):
     """Modality gap of Liang et al. (2022): ||mean_i x_i / |x_i| - mean_j y_j / |y_j|||.
 
     Means are over distinct images (by image_id) and distinct texts (by index), so an image with
-    five captions counts once.
+    five captions counts once. ``normalize=False`` measures the raw (unnormalised) features
+    instead, reported as ``modality_gap_raw``: the gap that losses on raw features (such as
+    CLIP-Refine's RaFA) act on.
     """
+
+    def __init__(self, normalize: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.normalize = normalize
 
     def compute(self) -> dict[str, Tensor]:
         image, text, _ = self._distinct()
-        gap = F.normalize(image, dim=1).mean(dim=0) - F.normalize(text, dim=1).mean(dim=0)
-        return {"modality_gap": gap.norm()}
+        if self.normalize:
+            image, text = F.normalize(image, dim=1), F.normalize(text, dim=1)
+        gap = (image.mean(dim=0) - text.mean(dim=0)).norm()
+        return {"modality_gap" if self.normalize else "modality_gap_raw": gap}
 
 
 class ZeroShotAccuracy(Metric):

@@ -214,6 +214,7 @@ class DualTowerModule(L.LightningModule):
         return {
             "image": F.normalize(outputs["image"].pooled, dim=-1),
             "text": F.normalize(outputs["text"].pooled, dim=-1),
+            "raw": {side: outputs[side].pooled for side in ("image", "text")},
             "image_id": batch["image_id"],
             "index": batch["index"],
             "labels": {

@@ -61,6 +61,7 @@ def test_experiment_runs_a_few_steps(name, store):
             "test/alignment",
             "test/uniformity/image",
             "test/modality_gap",
+            "test/modality_gap_raw",
             "test/zero_shot/shape/accuracy",
             "test/loss",
         ):

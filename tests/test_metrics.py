@@ -197,6 +197,20 @@ def test_modality_gap_matches_formula_and_invariances():
     assert float(opposite) == pytest.approx(2 * float(mean_image.norm()), rel=1e-9)
 
 
+def test_raw_modality_gap_keeps_the_norms():
+    rows = make_pairs(num_images=12, noise=2.0, seed=6)
+    images, texts = distinct_items(rows)
+    want = sum(images.values()) / len(images) - sum(t for t, _ in texts.values()) / len(texts)
+    got = feed(ModalityGap(normalize=False), pad_like_sampler(rows))["modality_gap_raw"]
+    assert float(got) == pytest.approx(float(want.norm()), rel=1e-9)
+    image, _, image_id, index = rows
+    scaled = feed(ModalityGap(normalize=False), (image * 3, image, image_id, index))
+    mean_image = sum(images.values()) / len(images)
+    assert float(scaled["modality_gap_raw"]) == pytest.approx(
+        2 * float(mean_image.norm()), rel=1e-9
+    )
+
+
 def test_zero_shot_accuracy_hand_count():
     g = torch.Generator().manual_seed(7)
     logits = torch.randn(40, 4, generator=g)
