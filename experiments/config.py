@@ -304,7 +304,8 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> lis
 
 def config_hash(plain: dict[str, Any], upstream: list[str] | None = None) -> str:
     """Short hash of what determines a stage's result (not where it is logged)."""
-    relevant = {k: v for k, v in plain.items() if k not in ("logger", "name", "rerun_stages")}
+    ignored = ("logger", "name", "rerun_stages", "output_dir")
+    relevant = {k: v for k, v in plain.items() if k not in ignored}
     relevant["trainer"] = {
         k: v for k, v in relevant["trainer"].items() if k not in ("enable_progress_bar",)
     }
