@@ -242,6 +242,13 @@ def validate(raw: dict[str, Any]) -> DictConfig:
     cfg.data = _registered(DATAMODULES, OmegaConf.to_container(cfg.data), "data")
     for side in ("image", "text"):
         tower = _registered(TOWERS, OmegaConf.to_container(cfg.model[side]), f"model.{side}")
+        modality = TOWERS.get(tower.name).cls.modality
+        if modality != side:
+            fitting = [n for n in TOWERS.names() if TOWERS.get(n).cls.modality == side]
+            raise ConfigError(
+                f"model.{side}.name: {tower.name!r} is a {modality} tower; {side} towers: "
+                f"{', '.join(fitting)}"
+            )
         cfg.model[side] = tower
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:

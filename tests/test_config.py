@@ -73,6 +73,10 @@ def test_parse_overrides_types_and_nesting():
             "model.image.name=resnet",
             "model.image.name: unknown tower 'resnet'; known: cnn, transformer, vit",
         ),
+        (
+            "model.image.name=transformer",
+            "model.image.name: 'transformer' is a text tower; image towers: cnn, vit",
+        ),
         ("data.name=imagenet", "data.name: unknown data 'imagenet'; known: image_text"),
     ],
 )

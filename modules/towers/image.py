@@ -54,6 +54,8 @@ class _Stage(nn.Module):
 class CNNTower(nn.Module):
     """Residual CNN; each stage halves the resolution; mean-pooled then projected."""
 
+    modality = "image"
+
     def __init__(self, cfg: CNNConfig, embed_dim: int, context: TowerContext) -> None:
         super().__init__()
         if not cfg.channels:
@@ -82,6 +84,8 @@ class ViTConfig(TransformerConfig):
 @TOWERS.register("vit", ViTConfig)
 class ViTTower(nn.Module):
     """Tiny ViT (Dosovitskiy et al. 2021): patch embedding, [CLS], pre-norm transformer."""
+
+    modality = "image"
 
     def __init__(self, cfg: ViTConfig, embed_dim: int, context: TowerContext) -> None:
         super().__init__()

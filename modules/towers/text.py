@@ -23,6 +23,8 @@ class TextTransformerConfig(TransformerConfig):
 class TextTransformerTower(nn.Module):
     """Token + position embeddings, transformer, pooled by ``<cls>`` or masked mean."""
 
+    modality = "text"
+
     def __init__(self, cfg: TextTransformerConfig, embed_dim: int, context: TowerContext) -> None:
         super().__init__()
         if context.vocab_size < 4:
