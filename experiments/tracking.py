@@ -11,6 +11,7 @@ import modules.env  # noqa: F401  (before mlflow)
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,7 @@ class Tracker:
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         if not self.active:
             return
-        stamp = 0
+        stamp = int(time.time() * 1000)
         rows = [Metric(key, float(value), stamp, step) for key, value in metrics.items()]
         for start in range(0, len(rows), 500):
             self.client.log_batch(run_id, metrics=rows[start : start + 500])

@@ -18,6 +18,12 @@ for _key, _value in {
 # Known, harmless notices that would otherwise bury the useful output of every run.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen teachers
+# Epoch metrics of callbacks/evaluation.py are synced by torchmetrics before they are logged.
+warnings.filterwarnings(
+    "ignore",
+    message=r".*self\.log\('(val|test)/(retrieval|alignment|uniformity|modality_gap|zero_shot).*"
+    r"sync_dist=True.*",
+)
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: "litlogger" not in record.getMessage()
 )
