@@ -64,9 +64,12 @@ class Tracker:
         if found is not None:
             self.experiment_id = found.experiment_id
         else:
+            # A sqlite store keeps its artifacts beside it (MLflow would use ./mlruns of the
+            # current directory); a server decides for itself.
             location = None
-            if self.uri == default_tracking_uri():
-                location = (STORE_DIR / "artifacts" / experiment_name).as_uri()
+            if self.uri.startswith("sqlite:///"):
+                db = Path(self.uri.removeprefix("sqlite:///"))
+                location = (db.parent / "artifacts" / experiment_name).resolve().as_uri()
             self.experiment_id = self.client.create_experiment(experiment_name, location)
 
     def start_run(
