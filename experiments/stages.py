@@ -16,7 +16,6 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import yaml
@@ -69,16 +68,16 @@ def _names(stage: Stage) -> tuple[str, str]:
 
 def run_experiment(stages: list[Stage], tracker: Tracker | None = None) -> list[StageResult]:
     """Train/reuse every stage in order; log them to MLflow (nested when there are several)."""
-    first = stages[-1].plain
+    final = stages[-1].plain
     hashes = stage_hashes(stages)
     tracker = tracker or Tracker(
-        first["logger"]["tracking_uri"], first["logger"]["experiment_name"] or first["name"]
+        final["logger"]["tracking_uri"], final["logger"]["experiment_name"] or final["name"]
     )
     parent_id = None
     if len(stages) > 1:
         method, data = _names(stages[-1])
         parent_id = tracker.start_run(
-            f"{first['name']}-{data}-{hashes[stages[-1].name]}",
+            f"{final['name']}-{data}-{hashes[stages[-1].name]}",
             {"alignlab.method": method, "alignlab.data": data, "alignlab.stages": ",".join(hashes)},
         )
         if tracker.active:
@@ -99,9 +98,9 @@ def run_experiment(stages: list[Stage], tracker: Tracker | None = None) -> list[
     finally:
         if parent_id is not None:
             if ok:
-                final = results[stages[-1].name].metrics
+                metrics = results[stages[-1].name].metrics
                 tracker.log_metrics(
-                    parent_id, {k: v for k, v in final.items() if k.startswith("test/")}
+                    parent_id, {k: v for k, v in metrics.items() if k.startswith("test/")}
                 )
             tracker.finish(parent_id, ok)
     return list(results.values())
@@ -144,10 +143,11 @@ def _reuse(stage: Stage, stage_dir: Path, tracker: Tracker, parent_id: str | Non
     )
 
 
-def _checkpoint_for(ref: str | None, results: dict[str, StageResult]) -> dict[str, Any] | None:
+def _checkpoint_path(ref: str | None, results: dict[str, StageResult]) -> str | None:
+    """The checkpoint an ``init_from``/``teacher_from`` value names (a stage or a path)."""
     if ref is None:
         return None
-    return load_checkpoint(str(results[ref].checkpoint if ref in results else ref))
+    return str(results[ref].checkpoint if ref in results else ref)
 
 
 def _train(
@@ -162,8 +162,9 @@ def _train(
     cfg = stage.plain
     method, data_name = _names(stage)
     L.seed_everything(cfg["seed"], workers=True, verbose=False)
-    init = _checkpoint_for(cfg["init_from"], results)
-    teacher = _checkpoint_for(cfg["teacher_from"], results)
+    paths = {key: _checkpoint_path(cfg[key], results) for key in ("init_from", "teacher_from")}
+    loaded = {path: load_checkpoint(path) for path in set(paths.values()) if path is not None}
+    init, teacher = (loaded.get(paths[key]) for key in ("init_from", "teacher_from"))
     method_cls = METHODS.get(method).cls
     if method_cls.requires_teacher and teacher is None:
         raise ValueError(
