@@ -1,10 +1,12 @@
 """Evaluation metrics for paired embeddings, as torchmetrics ``Metric``s.
 
 Every metric keeps its samples in list states reduced with ``"cat"``, so torchmetrics gathers
-them across DDP ranks in ``compute()``. Each sample carries its ids (``index`` for an
-(image, caption) pair, ``image_id`` for an image); ``compute()`` keeps the first occurrence of
-every id, which drops the duplicates that a ``DistributedSampler`` pads in and collapses the
-repeated image rows of a multi-caption dataset into one image each.
+them across DDP ranks in ``compute()``. A pair has an *item* side (an image, a clip, a study)
+and a *caption* side (its caption, report or audio); ``modalities`` names the two sides in the
+metric names (``image_to_text/R1``, ``uniformity/video``). Each sample carries its ids (``index``
+for an (item, caption) pair, ``item_id`` for an item); ``compute()`` keeps the first occurrence
+of every id, which drops the duplicates that a ``DistributedSampler`` pads in and collapses the
+repeated item rows of a multi-caption dataset into one item each.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.functional.classification import binary_auroc as _torchmetrics_auroc
 from torchmetrics.utilities import dim_zero_cat
 
 
@@ -37,33 +40,34 @@ def _at_least_float32(x: Tensor) -> Tensor:
 
 
 class _PairedEmbeddings(Metric):
-    """Stores (image, text) embedding rows with their ``image_id`` and ``index``."""
+    """Stores (item, caption) embedding rows with their ``item_id`` and ``index``."""
 
     full_state_update = False
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, modalities: tuple[str, str] = ("image", "text"), **kwargs) -> None:
         super().__init__(**kwargs)
-        for name in ("image", "text", "image_id", "index"):
+        self.modalities = tuple(modalities)
+        for name in ("item", "caption", "item_id", "index"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, image: Tensor, text: Tensor, image_id: Tensor, index: Tensor) -> None:
-        """Add one row per (image, caption) pair; images repeat once per caption."""
-        if not (len(image) == len(text) == len(image_id) == len(index)):
-            raise ValueError("image, text, image_id and index must have the same length")
-        self.image.append(_at_least_float32(image.detach()))
-        self.text.append(_at_least_float32(text.detach()))
-        self.image_id.append(image_id.detach().long())
+    def update(self, item: Tensor, caption: Tensor, item_id: Tensor, index: Tensor) -> None:
+        """Add one row per (item, caption) pair; items repeat once per caption."""
+        if not (len(item) == len(caption) == len(item_id) == len(index)):
+            raise ValueError("item, caption, item_id and index must have the same length")
+        self.item.append(_at_least_float32(item.detach()))
+        self.caption.append(_at_least_float32(caption.detach()))
+        self.item_id.append(item_id.detach().long())
         self.index.append(index.detach().long())
 
     def _distinct(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Distinct images [Ni,D] (by image_id), distinct texts [Nt,D] (by index), and for each
-        text the row of its image in the image matrix [Nt]."""
-        image, text = dim_zero_cat(self.image), dim_zero_cat(self.text)
-        image_id, index = dim_zero_cat(self.image_id), dim_zero_cat(self.index)
-        img_rows = first_occurrence(image_id)
-        txt_rows = first_occurrence(index)
-        text_image = torch.searchsorted(image_id[img_rows], image_id[txt_rows])
-        return image[img_rows], text[txt_rows], text_image
+        """Distinct items [Ni,D] (by item_id), distinct captions [Nc,D] (by index), and for
+        each caption the row of its item in the item matrix [Nc]."""
+        item, caption = dim_zero_cat(self.item), dim_zero_cat(self.caption)
+        item_id, index = dim_zero_cat(self.item_id), dim_zero_cat(self.index)
+        item_rows = first_occurrence(item_id)
+        caption_rows = first_occurrence(index)
+        caption_item = torch.searchsorted(item_id[item_rows], item_id[caption_rows])
+        return item[item_rows], caption[caption_rows], caption_item
 
 
 def _rank_summary(ranks: Tensor, ks: tuple[int, ...], prefix: str) -> dict[str, Tensor]:
@@ -81,12 +85,13 @@ def _rank_summary(ranks: Tensor, ks: tuple[int, ...], prefix: str) -> dict[str, 
 class RetrievalMetrics(_PairedEmbeddings):
     """Cross-modal retrieval recall R@K (percent, 0-100), median and mean rank, both directions.
 
-    Similarities are ``images @ texts.T`` over distinct images and distinct texts (embeddings are
-    expected L2-normalised, i.e. cosine similarity).
+    Similarities are ``items @ captions.T`` over distinct items and distinct captions
+    (embeddings are expected L2-normalised, i.e. cosine similarity). Keys are
+    ``<item>_to_<caption>/R1`` etc., with the names of ``modalities``.
 
-    - image -> text: the rank of an image is the best (lowest) rank among *all* its captions, so
-      a multi-caption dataset is not scored as if only one caption were correct.
-    - text -> image: the rank of the caption's own image among all distinct images.
+    - item -> caption: the rank of an item is the best (lowest) rank among *all* its captions,
+      so a multi-caption dataset is not scored as if only one caption were correct.
+    - caption -> item: the rank of the caption's own item among all distinct items.
 
     Ranks are 1-based and ties are pessimistic: a query's rank is 1 + the number of *negatives*
     scoring at least as high as its best positive, so collapsed embeddings cannot score well,
@@ -96,36 +101,43 @@ class RetrievalMetrics(_PairedEmbeddings):
     rows, so memory is O(block_size * N); each direction does its own product.
     """
 
-    def __init__(self, ks: tuple[int, ...] = (1, 5, 10), block_size: int = 1024, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        ks: tuple[int, ...] = (1, 5, 10),
+        block_size: int = 1024,
+        modalities: tuple[str, str] = ("image", "text"),
+        **kwargs,
+    ) -> None:
+        super().__init__(modalities, **kwargs)
         self.ks = tuple(ks)
         self.block_size = block_size
 
     def compute(self) -> dict[str, Tensor]:
         distinct = self._distinct()
-        i2t = _rank_summary(self._image_to_text_ranks(*distinct), self.ks, "image_to_text")
-        t2i = _rank_summary(self._text_to_image_ranks(*distinct), self.ks, "text_to_image")
-        return i2t | t2i
+        a, b = self.modalities
+        forward = _rank_summary(self._item_to_caption_ranks(*distinct), self.ks, f"{a}_to_{b}")
+        backward = _rank_summary(self._caption_to_item_ranks(*distinct), self.ks, f"{b}_to_{a}")
+        return forward | backward
 
-    def _image_to_text_ranks(self, image: Tensor, text: Tensor, text_image: Tensor) -> Tensor:
+    def _item_to_caption_ranks(self, item: Tensor, caption: Tensor, caption_item: Tensor) -> Tensor:
         ranks = []
-        for start in range(0, len(image), self.block_size):
-            stop = min(start + self.block_size, len(image))
-            sims = image[start:stop] @ text.T
-            rows = torch.arange(start, stop, device=image.device)
-            negative = text_image[None, :] != rows[:, None]
+        for start in range(0, len(item), self.block_size):
+            stop = min(start + self.block_size, len(item))
+            sims = item[start:stop] @ caption.T
+            rows = torch.arange(start, stop, device=item.device)
+            negative = caption_item[None, :] != rows[:, None]
             best = sims.masked_fill(negative, -math.inf).max(dim=1, keepdim=True).values
             ranks.append(1 + ((sims >= best) & negative).sum(dim=1))
         return torch.cat(ranks)
 
-    def _text_to_image_ranks(self, image: Tensor, text: Tensor, text_image: Tensor) -> Tensor:
+    def _caption_to_item_ranks(self, item: Tensor, caption: Tensor, caption_item: Tensor) -> Tensor:
         ranks = []
-        for start in range(0, len(text), self.block_size):
-            stop = min(start + self.block_size, len(text))
-            sims = text[start:stop] @ image.T
-            own_column = text_image[start:stop, None]
+        for start in range(0, len(caption), self.block_size):
+            stop = min(start + self.block_size, len(caption))
+            sims = caption[start:stop] @ item.T
+            own_column = caption_item[start:stop, None]
             own = sims.gather(1, own_column)
-            negative = torch.arange(len(image), device=image.device)[None, :] != own_column
+            negative = torch.arange(len(item), device=item.device)[None, :] != own_column
             ranks.append(1 + ((sims >= own) & negative).sum(dim=1))
         return torch.cat(ranks)
 
@@ -137,26 +149,28 @@ def _log_mean_exp(values: Tensor) -> Tensor:
 class AlignmentUniformity(_PairedEmbeddings):
     """Alignment and uniformity of Wang & Isola (2020), Eq. 4-5 with alpha = 2, t = 2.
 
-    - ``alignment`` = E over positive (image, caption) pairs of ||x - y||^2 (distinct pairs).
-    - ``uniformity/<modality>`` = log E over pairs of distinct items x != x' of
-      exp(-2 ||x - x'||^2) (images distinct by image_id, texts by index).
+    - ``alignment`` = E over positive (item, caption) pairs of ||x - y||^2 (distinct pairs).
+    - ``uniformity/<modality>`` = log E over pairs of distinct embeddings x != x' of
+      exp(-2 ||x - x'||^2) (items distinct by item_id, captions by index).
 
     Both use the embeddings as given (the evaluation contract has them L2-normalised, as the
     paper assumes). Uniformity uses all pairs of up to ``max_items`` items per modality; beyond
     that, ``max_items`` items evenly spaced over the id-sorted set (a deterministic subsample).
     """
 
-    def __init__(self, max_items: int = 4096, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self, max_items: int = 4096, modalities: tuple[str, str] = ("image", "text"), **kwargs
+    ) -> None:
+        super().__init__(modalities, **kwargs)
         self.max_items = max_items
 
     def compute(self) -> dict[str, Tensor]:
-        image, text, text_image = self._distinct()
-        alignment = (image[text_image] - text).pow(2).sum(dim=1).mean()
+        item, caption, caption_item = self._distinct()
+        alignment = (item[caption_item] - caption).pow(2).sum(dim=1).mean()
         return {
             "alignment": alignment,
-            "uniformity/image": self._uniformity(image),
-            "uniformity/text": self._uniformity(text),
+            f"uniformity/{self.modalities[0]}": self._uniformity(item),
+            f"uniformity/{self.modalities[1]}": self._uniformity(caption),
         }
 
     def _uniformity(self, x: Tensor) -> Tensor:
@@ -169,21 +183,23 @@ class AlignmentUniformity(_PairedEmbeddings):
 class ModalityGap(_PairedEmbeddings):
     """Modality gap of Liang et al. (2022): ||mean_i x_i / |x_i| - mean_j y_j / |y_j|||.
 
-    Means are over distinct images (by image_id) and distinct texts (by index), so an image with
-    five captions counts once. ``normalize=False`` measures the raw (unnormalised) features
+    Means are over distinct items (by item_id) and distinct captions (by index), so an image
+    with five captions counts once. ``normalize=False`` measures the raw (unnormalised) features
     instead, reported as ``modality_gap_raw``: the gap that losses on raw features (such as
     CLIP-Refine's RaFA) act on.
     """
 
-    def __init__(self, normalize: bool = True, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self, normalize: bool = True, modalities: tuple[str, str] = ("image", "text"), **kwargs
+    ) -> None:
+        super().__init__(modalities, **kwargs)
         self.normalize = normalize
 
     def compute(self) -> dict[str, Tensor]:
-        image, text, _ = self._distinct()
+        item, caption, _ = self._distinct()
         if self.normalize:
-            image, text = F.normalize(image, dim=1), F.normalize(text, dim=1)
-        gap = (image.mean(dim=0) - text.mean(dim=0)).norm()
+            item, caption = F.normalize(item, dim=1), F.normalize(caption, dim=1)
+        gap = (item.mean(dim=0) - caption.mean(dim=0)).norm()
         return {"modality_gap" if self.normalize else "modality_gap_raw": gap}
 
 
@@ -223,3 +239,69 @@ class ZeroShotAccuracy(Metric):
         if len(rows) == 0:
             return torch.tensor(float("nan"), device=preds.device)
         return 100.0 * (preds[rows] == labels[rows]).float().mean()
+
+
+def binary_auroc(scores: Tensor, labels: Tensor) -> Tensor:
+    """Area under the ROC curve of ``scores`` for ``labels`` in {0, 1} (torchmetrics' exact
+    computation); NaN when only one class is present, where the AUROC is undefined."""
+    if labels.numel() == 0 or bool((labels == labels[0]).all()):
+        return torch.tensor(float("nan"), device=scores.device)
+    return _torchmetrics_auroc(scores.float(), labels.long())
+
+
+class ZeroShotAUROC(Metric):
+    """AUROC of one yes/no task (e.g. a finding) from scores, one row per ``index``.
+
+    ``update`` takes scores [B] (higher = "yes"), labels [B] in {0, 1} (-1 = unknown, ignored)
+    and ``index`` (DDP padding duplicates are dropped in ``compute``).
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for name in ("scores", "labels", "index"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, scores: Tensor, labels: Tensor, index: Tensor) -> None:
+        valid = labels >= 0
+        if bool((labels[valid] > 1).any()):
+            raise ValueError("labels must be -1 (unknown), 0 or 1")
+        self.scores.append(_at_least_float32(scores[valid].detach()))
+        self.labels.append(labels[valid].detach().long())
+        self.index.append(index[valid].detach().long())
+
+    def compute(self) -> Tensor:
+        rows = first_occurrence(dim_zero_cat(self.index))
+        return binary_auroc(dim_zero_cat(self.scores)[rows], dim_zero_cat(self.labels)[rows])
+
+
+class ChoiceAccuracy(Metric):
+    """Two-alternative choice between a sample's true pair and a wrong candidate (a shifted
+    clip, another face): ``accuracy`` is the percentage of samples whose true pair scores
+    strictly higher (ties count as wrong); ``auroc`` pools all true and wrong pairs and asks
+    whether one threshold on the score separates them ("is this pair in sync?")."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for name in ("positive", "negative", "index"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, positive: Tensor, negative: Tensor, index: Tensor) -> None:
+        """Scores [B] of each sample's true pair and of its wrong candidate."""
+        if not (len(positive) == len(negative) == len(index)):
+            raise ValueError("positive, negative and index must have the same length")
+        self.positive.append(_at_least_float32(positive.detach()))
+        self.negative.append(_at_least_float32(negative.detach()))
+        self.index.append(index.detach().long())
+
+    def compute(self) -> dict[str, Tensor]:
+        rows = first_occurrence(dim_zero_cat(self.index))
+        positive, negative = dim_zero_cat(self.positive)[rows], dim_zero_cat(self.negative)[rows]
+        labels = torch.cat([torch.ones_like(positive), torch.zeros_like(negative)])
+        return {
+            "accuracy": 100.0 * (positive > negative).float().mean(),
+            "auroc": binary_auroc(torch.cat([positive, negative]), labels),
+        }

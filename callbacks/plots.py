@@ -1,4 +1,4 @@
-"""Embedding plots: an image-caption similarity matrix and a 2-D PCA of both modalities.
+"""Embedding plots: an item-caption similarity matrix and a 2-D PCA of both modalities.
 
 Written at the end of fit (from the last validation epoch, sanity check excluded), at the end of
 a stand-alone ``trainer.validate`` and at the end of test (files prefixed ``test_``). Each rank
@@ -23,7 +23,7 @@ from torch import Tensor
 
 from callbacks.metrics import first_occurrence
 
-_KEYS = ("image", "text", "image_id", "index")
+_KEYS = ("item", "caption", "item_id", "index")
 
 
 class EmbeddingPlots(pl.Callback):
@@ -42,6 +42,7 @@ class EmbeddingPlots(pl.Callback):
         self.matrix_size = matrix_size
         self.pair_lines = pair_lines
         self._rows: dict[str, list[dict[str, Tensor]]] = {"val": [], "test": []}
+        self._modalities: tuple[str, str] = ("image", "text")
 
     # -- hooks ---------------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -55,12 +56,12 @@ class EmbeddingPlots(pl.Callback):
         self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         if not trainer.sanity_checking:
-            self._keep("val", outputs)
+            self._keep("val", pl_module, outputs)
 
     def on_test_batch_end(
         self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self._keep("test", outputs)
+        self._keep("test", pl_module, outputs)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write(trainer, "val", "")
@@ -73,15 +74,16 @@ class EmbeddingPlots(pl.Callback):
         self._write(trainer, "test", "test_")
 
     # -- work ----------------------------------------------------------------------------------
-    def _keep(self, stage: str, outputs: Any) -> None:
+    def _keep(self, stage: str, pl_module: pl.LightningModule, outputs: Any) -> None:
         kept = sum(len(r["index"]) for r in self._rows[stage])
         room = self.max_points - kept
         if not outputs or room <= 0:
             return
         kept_rows = {k: outputs[k][:room].detach().cpu() for k in _KEYS}
-        for k in ("image", "text"):
+        for k in ("item", "caption"):
             kept_rows[k] = kept_rows[k].float()
         self._rows[stage].append(kept_rows)
+        self._modalities = tuple(pl_module.modalities[:2])
 
     def _write(self, trainer: pl.Trainer, stage: str, prefix: str) -> None:
         if not trainer.is_global_zero or not self._rows[stage]:
@@ -99,24 +101,25 @@ class EmbeddingPlots(pl.Callback):
 
     def _similarity_matrix(self, rows: dict[str, Tensor], path: Path) -> Path:
         """Cosine similarity of the first images against the first caption of each of them."""
-        first = first_occurrence(rows["image_id"]).sort().values[: self.matrix_size]
-        image = F.normalize(rows["image"][first], dim=1)
-        text = F.normalize(rows["text"][first], dim=1)
+        first = first_occurrence(rows["item_id"]).sort().values[: self.matrix_size]
+        item = F.normalize(rows["item"][first], dim=1)
+        caption = F.normalize(rows["caption"][first], dim=1)
+        a, b = self._modalities
         fig = Figure(figsize=(6, 5))
         ax = fig.add_subplot()
-        shown = ax.imshow((image @ text.T).numpy(), cmap="viridis", vmin=-1, vmax=1)
+        shown = ax.imshow((item @ caption.T).numpy(), cmap="viridis", vmin=-1, vmax=1)
         fig.colorbar(shown, ax=ax, label="cosine similarity")
-        ax.set(xlabel="caption (first of image j)", ylabel="image i")
-        ax.set_title(f"image-caption similarity, {len(first)} images")
+        ax.set(xlabel=f"{b} (first of {a} j)", ylabel=f"{a} i")
+        ax.set_title(f"{a}-{b} similarity, {len(first)} items")
         fig.savefig(path, dpi=100, bbox_inches="tight")
         return path
 
     def _projection(self, rows: dict[str, Tensor], path: Path) -> Path:
-        """Joint 2-D PCA (exact SVD) of distinct images and distinct captions."""
-        images = first_occurrence(rows["image_id"])
+        """Joint 2-D PCA (exact SVD) of distinct items and distinct captions."""
+        images = first_occurrence(rows["item_id"])
         texts = first_occurrence(rows["index"])
-        image = F.normalize(rows["image"][images], dim=1)
-        text = F.normalize(rows["text"][texts], dim=1)
+        image = F.normalize(rows["item"][images], dim=1)
+        text = F.normalize(rows["caption"][texts], dim=1)
         both = torch.cat([image, text])
         centred = both - both.mean(dim=0)
         _, s, vh = torch.linalg.svd(centred, full_matrices=False)
@@ -128,8 +131,8 @@ class EmbeddingPlots(pl.Callback):
         for i, row in enumerate(images[: self.pair_lines].tolist()):  # image -> a caption of it
             t = int(torch.searchsorted(rows["index"][texts], rows["index"][row]))
             ax.plot(*zip(img_xy[i], txt_xy[t], strict=True), color="grey", lw=0.8, zorder=1)
-        ax.scatter(img_xy[:, 0], img_xy[:, 1], s=10, label="image", zorder=2)
-        ax.scatter(txt_xy[:, 0], txt_xy[:, 1], s=10, label="text", zorder=2)
+        ax.scatter(img_xy[:, 0], img_xy[:, 1], s=10, label=self._modalities[0], zorder=2)
+        ax.scatter(txt_xy[:, 0], txt_xy[:, 1], s=10, label=self._modalities[1], zorder=2)
         ax.legend()
         ax.set_title(f"PCA of normalised embeddings ({100 * explained:.0f}% variance)")
         fig.savefig(path, dpi=100, bbox_inches="tight")

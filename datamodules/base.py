@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -101,7 +102,7 @@ class PairDataset(Dataset):
         load: Callable[[int], dict[str, torch.Tensor]],
         labels: dict[str, np.ndarray] | None = None,
         pairs: str = "caption",
-        id_key: str = "image_id",
+        id_key: str = "item_id",
     ) -> None:
         if pairs not in TRAIN_PAIRS:
             raise ValueError(f"pairs must be one of {TRAIN_PAIRS}, got {pairs!r}")
@@ -170,9 +171,31 @@ class PairDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.datasets: dict[str, Dataset] = {}
 
+    #: The modalities the data pairs, item side first (``item_id``), caption side second
+    #: (``index``); each is a batch key fed to the tower of that name.
+    modalities: tuple[str, ...] = ("image", "text")
+
+    def tower_context(self) -> dict[str, Any]:
+        """What towers must know about the inputs (see ``modules.towers.TowerContext``)."""
+        raise NotImplementedError
+
     @property
     def zero_shot_tasks(self) -> dict[str, list[str]]:
-        """Task -> one prompt per class, in label-id order (none by default)."""
+        """Task -> one prompt per class, in label-id order; scored on the item-side embedding
+        against ``label/<task>`` (none by default)."""
+        return {}
+
+    @property
+    def zero_shot_binary_tasks(self) -> dict[str, tuple[str, str]]:
+        """Task -> (negative prompt, positive prompt) for a yes/no finding; scored as AUROC of
+        the item-side embedding's similarity difference against ``label/<task>`` in {0, 1}."""
+        return {}
+
+    @property
+    def choice_tasks(self) -> dict[str, tuple[str, str]]:
+        """Task -> (batch key, modality): a wrong candidate of that modality for each sample
+        (e.g. a time-shifted clip). Scored as the fraction of samples whose true pair is more
+        similar than the wrong candidate, anchored on the pair's other modality."""
         return {}
 
     def build_tokenizer(self, texts: Sequence[str], max_len: int) -> None:

@@ -1,7 +1,7 @@
 """Image-text pairs: the built-in shapes scenes, or a JSONL / COCO dataset on disk.
 
 Batches: ``image`` float32 [B, 3, S, S] in [-1, 1], ``text_ids`` / ``text_mask`` [B, L],
-``index`` (caption id in the split), ``image_id`` (image id in the split, shared by the
+``index`` (caption id in the split), ``item_id`` (image id in the split, shared by the
 captions of one image) and, for the built-in data, ``label/shape``, ``label/color``,
 ``label/count``. Training draws one caption per image per epoch (``train_pairs: image``) or
 uses every pair (``caption``); validation and test always iterate over every pair in order.
@@ -174,6 +174,15 @@ class ImageTextDataModule(PairDataModule):
             )
         self.datasets: dict[str, PairDataset] = {}
         self._siblings: dict[str, np.ndarray] = {}
+
+    modalities = ("image", "text")
+
+    def tower_context(self) -> dict[str, Any]:
+        return {
+            "image_size": self.cfg.image_size,
+            "in_channels": 3,
+            "max_text_len": self.cfg.max_text_len,
+        }
 
     @property
     def zero_shot_tasks(self) -> dict[str, list[str]]:

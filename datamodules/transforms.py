@@ -91,3 +91,31 @@ class ImageTransform:
                 )
             image = out
         return to_tensor(image)
+
+
+def clip_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """THWC uint8 -> TCHW float32 in [-1, 1]."""
+    array = np.require(frames, requirements=("C", "W"))
+    return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+class ClipTransform:
+    """Augment the frames of a clip with one draw of the random parameters (albumentations'
+    ``images`` target), so a crop or a brightness change is the same in every frame and motion
+    stays motion; then convert ``[T, H, W, C]`` uint8 to ``[T, C, H, W]`` in [-1, 1]."""
+
+    def __init__(self, steps: Sequence[Mapping[str, Any]] | None = None) -> None:
+        self.pipeline = build_transforms(steps)
+
+    def __call__(self, frames: np.ndarray) -> torch.Tensor:
+        if frames.ndim != 4:
+            raise ValueError(f"expected frames [T, H, W, C], got shape {frames.shape}")
+        if self.pipeline is not None:
+            out = self.pipeline(images=np.asarray(frames))["images"]
+            if out.shape != frames.shape:
+                raise ValueError(
+                    f"augmentation changed the clip shape {frames.shape} -> {out.shape}; "
+                    "add a Resize step to restore it"
+                )
+            frames = out
+        return clip_to_tensor(frames)

@@ -2,7 +2,7 @@
 
 A YAML file may name a parent with ``base: other.yaml`` (relative to the file); the child
 overrides the parent and ``key=value`` arguments override both. Blocks that carry a ``name``
-(``method``, ``data``, ``model.image``, ``model.text``) are replaced rather than merged when
+(``method``, ``data``, ``model.<modality>``) are replaced rather than merged when
 the child picks a different name, so switching method never inherits the old method's keys.
 
 Every problem is raised as one ``ConfigError`` whose message names the key path, before any
@@ -35,13 +35,21 @@ class ConfigError(ValueError):
     """A configuration problem, reported as one line naming the key path."""
 
 
+MODALITIES = ("image", "text", "video", "audio")
+
+
 @dataclass
 class ModelConfig:
-    """The two towers, the shared embedding width and the temperature."""
+    """One tower block per modality, the shared embedding width and the temperature.
+
+    Only the towers of the modalities the data pairs (``datamodule.modalities``) are built.
+    """
 
     embed_dim: int = 128
     image: Any = field(default_factory=lambda: {"name": "cnn"})
     text: Any = field(default_factory=lambda: {"name": "transformer"})
+    video: Any = field(default_factory=lambda: {"name": "frames"})
+    audio: Any = field(default_factory=lambda: {"name": "audio_cnn"})
     temperature: float = 0.07
     learnable_temperature: bool = True
     max_logit_scale: float = 100.0
@@ -233,6 +241,19 @@ def _registered(registry: Registry, raw: Any, path: str) -> DictConfig:
     return cfg
 
 
+def _tower(raw: Any, modality: str) -> DictConfig:
+    """A ``model.<modality>`` block: its name must be a tower of that modality."""
+    name = raw.get("name") if isinstance(raw, dict) else None
+    fitting = [n for n in TOWERS.names() if TOWERS.get(n).cls.modality == modality]
+    if name is not None and name not in fitting:
+        known = f"{modality} towers: {', '.join(fitting)}"
+        if name not in TOWERS.names():
+            raise ConfigError(f"model.{modality}.name: unknown tower {name!r}; {known}")
+        other = TOWERS.get(name).cls.modality
+        raise ConfigError(f"model.{modality}.name: {name!r} is a {other} tower; {known}")
+    return _registered(TOWERS, raw, f"model.{modality}")
+
+
 def validate(raw: dict[str, Any]) -> DictConfig:
     """A single-stage raw dict as a validated ``ExperimentConfig`` DictConfig."""
     cfg = _structured(ExperimentConfig, raw, "")
@@ -240,16 +261,8 @@ def validate(raw: dict[str, Any]) -> DictConfig:
         raise ConfigError("method: missing required value")
     cfg.method = _registered(METHODS, OmegaConf.to_container(cfg.method), "method")
     cfg.data = _registered(DATAMODULES, OmegaConf.to_container(cfg.data), "data")
-    for side in ("image", "text"):
-        tower = _registered(TOWERS, OmegaConf.to_container(cfg.model[side]), f"model.{side}")
-        modality = TOWERS.get(tower.name).cls.modality
-        if modality != side:
-            fitting = [n for n in TOWERS.names() if TOWERS.get(n).cls.modality == side]
-            raise ConfigError(
-                f"model.{side}.name: {tower.name!r} is a {modality} tower; {side} towers: "
-                f"{', '.join(fitting)}"
-            )
-        cfg.model[side] = tower
+    for side in MODALITIES:
+        cfg.model[side] = _tower(OmegaConf.to_container(cfg.model[side]), side)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]}: missing required value")

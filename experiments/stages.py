@@ -25,8 +25,8 @@ from callbacks.evaluation import EmbeddingMetrics
 from callbacks.plots import EmbeddingPlots
 from experiments.config import Stage, config_hash
 from experiments.tracking import Tracker
-from modules.base import as_dataclass, load_checkpoint
-from modules.registry import DATAMODULES, METHODS
+from modules.base import load_checkpoint
+from modules.registry import DATAMODULES, METHODS, as_dataclass
 from modules.towers.tokenizer import WordTokenizer
 
 log = logging.getLogger("alignlab")
@@ -184,8 +184,7 @@ def _train(
         model=cfg["model"],
         optim=cfg["optim"],
         vocab=datamodule.tokenizer.vocab,
-        image_size=data_cfg.image_size,
-        max_text_len=data_cfg.max_text_len,
+        context={"modalities": list(datamodule.modalities), **datamodule.tower_context()},
     )
     if init is not None:
         module.load_student_weights(init["state_dict"])

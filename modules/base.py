@@ -18,10 +18,9 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
-from modules.registry import METHODS, TOWERS
+from modules.registry import METHODS, TOWERS, as_dataclass
 from modules.towers import TowerContext, build_tower
 from modules.towers.output import TowerOutput
 from modules.towers.tokenizer import WordTokenizer
@@ -33,11 +32,6 @@ class MethodConfig:
 
     name: str = "clip"
     loss_weights: dict[str, float] = field(default_factory=dict)
-
-
-def as_dataclass(schema: type, data: dict[str, Any]) -> Any:
-    """``data`` validated against and converted to dataclass ``schema``."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
@@ -70,9 +64,10 @@ class DualTowerModule(L.LightningModule):
         model: dict[str, Any],
         optim: dict[str, Any],
         vocab: list[str],
-        image_size: int,
-        max_text_len: int,
+        context: dict[str, Any],
     ) -> None:
+        """``context``: ``modalities`` (the pair the data provides, item side first) and the
+        input facts of :class:`~modules.towers.TowerContext` (``datamodule.tower_context()``)."""
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.method_cfg = as_dataclass(METHODS.get(method["name"]).config, method)
@@ -83,18 +78,21 @@ class DualTowerModule(L.LightningModule):
                 f"method.loss_weights: unknown term(s) {sorted(unknown)}; "
                 f"{method['name']} computes {list(self.loss_terms)}"
             )
-        self.tokenizer = WordTokenizer(vocab, max_len=max_text_len)
-        context = TowerContext(
-            image_size=image_size, vocab_size=len(vocab), max_text_len=max_text_len
+        self.modalities = tuple(context["modalities"])
+        if len(set(self.modalities)) < 2:
+            raise ValueError(f"need at least two distinct modalities, got {self.modalities}")
+        inputs = TowerContext(
+            vocab_size=len(vocab), **{k: v for k, v in context.items() if k != "modalities"}
         )
+        self.tokenizer = WordTokenizer(vocab, max_len=inputs.max_text_len)
         self.towers = nn.ModuleDict(
             {
                 side: build_tower(
                     as_dataclass(TOWERS.get(model[side]["name"]).config, model[side]),
                     model["embed_dim"],
-                    context,
+                    inputs,
                 )
-                for side in ("image", "text")
+                for side in self.modalities
             }
         )
         # Stored as log(1/T) (CLIP); clamped to [0, ln max_logit_scale] after each step.
@@ -128,11 +126,20 @@ class DualTowerModule(L.LightningModule):
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """L2-normalised text embeddings of raw strings (zero-shot prompts)."""
+        if "text" not in self.towers:
+            raise RuntimeError(f"{type(self).__name__} has no text tower ({self.modalities})")
         ids, mask = self.tokenizer.encode(texts)
         out = self.towers["text"](
             {"text_ids": ids.to(self.device), "text_mask": mask.to(self.device)}
         )
         return F.normalize(out.pooled, dim=-1)
+
+    @torch.no_grad()
+    def encode_input(self, batch: dict[str, Any], modality: str, key: str) -> torch.Tensor:
+        """L2-normalised embeddings of ``batch[key]`` through the ``modality`` tower, e.g. a
+        time-shifted clip (``video_shifted``) through the video tower."""
+        tower = self.towers[modality]
+        return F.normalize(tower({tower.key: batch[key]}).pooled, dim=-1)
 
     @property
     def scale(self) -> torch.Tensor:
@@ -210,12 +217,15 @@ class DualTowerModule(L.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, Any], split: str) -> dict[str, Any]:
+        """What the metric callbacks read: the pair's embeddings (``item`` side, e.g. image,
+        and ``caption`` side, e.g. text) L2-normalised and raw, with ids and labels."""
         _, outputs = self._step(batch, split)
+        item, caption = (outputs[side].pooled for side in self.modalities[:2])
         return {
-            "image": F.normalize(outputs["image"].pooled, dim=-1),
-            "text": F.normalize(outputs["text"].pooled, dim=-1),
-            "raw": {side: outputs[side].pooled for side in ("image", "text")},
-            "image_id": batch["image_id"],
+            "item": F.normalize(item, dim=-1),
+            "caption": F.normalize(caption, dim=-1),
+            "raw": {"item": item, "caption": caption},
+            "item_id": batch["item_id"],
             "index": batch["index"],
             "labels": {
                 k.removeprefix("label/"): v for k, v in batch.items() if k.startswith("label/")

@@ -1,7 +1,8 @@
-"""CLIP (Radford et al., ICML 2021): symmetric InfoNCE between image and text embeddings.
+"""CLIP (Radford et al., ICML 2021): symmetric InfoNCE between the embeddings of a pair of
+modalities (image-text, video-text, audio-video, radiograph-report).
 
-Positives come from ``image_id``: the captions of one image are all positives of that image
-(and of each other's image rows), never negatives.
+Positives come from ``item_id``: the captions of one item are all positives of that item
+(and of each other's item rows), never negatives.
 """
 
 from __future__ import annotations
@@ -27,20 +28,20 @@ class CLIPConfig(MethodConfig):
 
 @METHODS.register("clip", CLIPConfig)
 class CLIP(DualTowerModule):
-    """L = ½ [InfoNCE(image→text) + InfoNCE(text→image)] on L2-normalised embeddings."""
+    """L = ½ [InfoNCE(a→b) + InfoNCE(b→a)] on L2-normalised embeddings of the data's pair
+    (a, b) = ``modalities`` (the pseudo-code of Fig. 3 in the paper)."""
 
     loss_terms = ("clip",)
 
     def losses(
         self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
     ) -> dict[str, torch.Tensor]:
-        image = F.normalize(outputs["image"].pooled, dim=-1)
-        text = F.normalize(outputs["text"].pooled, dim=-1)
+        a, b = (F.normalize(outputs[side].pooled, dim=-1) for side in self.modalities[:2])
         loss = clip_loss(
-            image,
-            text,
+            a,
+            b,
             self.scale,
-            ids=batch["image_id"],
+            ids=batch["item_id"],
             label_smoothing=self.method_cfg.label_smoothing,
         )
         return {"clip": loss}

@@ -57,22 +57,19 @@ class CLIPRefine(DualTowerModule):
         self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
     ) -> dict[str, torch.Tensor]:
         cfg = self.method_cfg
-        image, text = outputs["image"].pooled, outputs["text"].pooled
+        first, second = self.modalities[:2]
+        a, b = outputs[first].pooled, outputs[second].pooled
         teacher = self.encode_teacher(batch)
-        ids = batch["image_id"]
-        reference = rafa_reference(
-            len(image), image.shape[1], device=image.device, dtype=image.dtype
-        )
+        ids = batch["item_id"]
+        reference = rafa_reference(len(a), a.shape[1], device=a.device, dtype=a.dtype)
         return {
-            "clip": clip_loss(
-                F.normalize(image, dim=-1), F.normalize(text, dim=-1), self.scale, ids=ids
-            ),
-            "rafa": rafa_loss(image, text, reference),
+            "clip": clip_loss(F.normalize(a, dim=-1), F.normalize(b, dim=-1), self.scale, ids=ids),
+            "rafa": rafa_loss(a, b, reference),
             "hycd": hycd_loss(
-                image,
-                text,
-                teacher["image"].pooled,
-                teacher["text"].pooled,
+                a,
+                b,
+                teacher[first].pooled,
+                teacher[second].pooled,
                 alpha=cfg.alpha,
                 t_kd=cfg.t_kd,
                 ids=ids,

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from omegaconf import OmegaConf
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -20,6 +22,11 @@ class Entry:
     name: str
     cls: type
     config: type
+
+
+def as_dataclass(schema: type, data: dict[str, Any]) -> Any:
+    """``data`` validated against and converted to dataclass ``schema``."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
 
 
 class UnknownNameError(KeyError):
@@ -68,5 +75,8 @@ class Registry:
 
 # Where each kind is defined: a new method, tower or datamodule adds its module here.
 METHODS = Registry("method", ["modules.clip", "modules.clip_refine"])
-TOWERS = Registry("tower", ["modules.towers.image", "modules.towers.text"])
+TOWERS = Registry(
+    "tower",
+    ["modules.towers.image", "modules.towers.text", "modules.towers.video", "modules.towers.audio"],
+)
 DATAMODULES = Registry("data", ["datamodules.image_text"])

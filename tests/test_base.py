@@ -40,8 +40,7 @@ def make(cls=CLIP, method=None, **optim):
         model=MODEL,
         optim={**OPTIM, **optim},
         vocab=VOCAB,
-        image_size=16,
-        max_text_len=8,
+        context={"modalities": ["image", "text"], "image_size": 16, "max_text_len": 8},
     )
 
 
@@ -59,7 +58,7 @@ def batches(n: int, size: int = 4) -> list[dict[str, torch.Tensor]]:
                 "text_ids": ids,
                 "text_mask": mask,
                 "index": torch.arange(size) + i * size,
-                "image_id": torch.arange(size) + i * size,
+                "item_id": torch.arange(size) + i * size,
             }
         )
     return out

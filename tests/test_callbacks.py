@@ -19,9 +19,12 @@ from callbacks import (
     ModalityGap,
     RetrievalMetrics,
 )
+from callbacks.metrics import binary_auroc
 
 CAPTIONS, IMAGES, VOCAB, DIM = 4, 4, 50, 8
 PROMPTS = {"parity": ["an even picture", "an odd picture"]}
+BINARY = {"odd": ("an even picture", "an odd picture")}
+CHOICES = {"swapped": ("image_other", "image")}  # another image as the wrong candidate
 
 
 class PairSet(Dataset):
@@ -36,19 +39,23 @@ class PairSet(Dataset):
         return IMAGES * CAPTIONS
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image_id = index // CAPTIONS
+        item_id = index // CAPTIONS
         return {
-            "image": self.pixels[image_id],
+            "image": self.pixels[item_id],
+            "image_other": self.pixels[(item_id + 1) % IMAGES],
+            "label/odd": torch.tensor(item_id % 2),
             "text_ids": self.words[index],
             "text_mask": torch.ones(5, dtype=torch.bool),
             "index": torch.tensor(index),
-            "image_id": torch.tensor(image_id),
-            "label/parity": torch.tensor(-1 if image_id == 0 else image_id % 2),
+            "item_id": torch.tensor(item_id),
+            "label/parity": torch.tensor(-1 if item_id == 0 else item_id % 2),
         }
 
 
 class PairData(pl.LightningDataModule):
     zero_shot_tasks = PROMPTS
+    zero_shot_binary_tasks = BINARY
+    choice_tasks = CHOICES
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(PairSet(0), batch_size=8, shuffle=True)
@@ -63,18 +70,28 @@ class PairData(pl.LightningDataModule):
 class TinyDualTower(pl.LightningModule):
     """Linear image tower, bag-of-words text tower, CLIP loss; returns the eval contract."""
 
+    modalities = ("image", "text")
+
     def __init__(self) -> None:
         super().__init__()
-        self.image_tower = nn.Linear(48, DIM)
-        self.text_tower = nn.EmbeddingBag(VOCAB, DIM)
+        self.towers = nn.ModuleDict(
+            {"image": nn.Linear(48, DIM), "text": nn.EmbeddingBag(VOCAB, DIM)}
+        )
+
+    def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.towers["image"](pixels.flatten(1)), dim=1)
 
     def embed(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        image = F.normalize(self.image_tower(batch["image"].flatten(1)), dim=1)
-        return image, F.normalize(self.text_tower(batch["text_ids"]), dim=1)
+        image = self.embed_images(batch["image"])
+        return image, F.normalize(self.towers["text"](batch["text_ids"]), dim=1)
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         ids = torch.tensor([[ord(c) % VOCAB for c in t[:12].ljust(12)] for t in texts])
-        return F.normalize(self.text_tower(ids.to(self.device)), dim=1)
+        return F.normalize(self.towers["text"](ids.to(self.device)), dim=1)
+
+    def encode_input(self, batch, modality: str, key: str) -> torch.Tensor:
+        assert modality == "image"
+        return self.embed_images(batch[key])
 
     def training_step(self, batch, batch_idx):
         image, text = self.embed(batch)
@@ -84,11 +101,11 @@ class TinyDualTower(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         image, text = self.embed(batch)
         return {
-            "image": image,
-            "text": text,
-            "image_id": batch["image_id"],
+            "item": image,
+            "caption": text,
+            "item_id": batch["item_id"],
             "index": batch["index"],
-            "labels": {"parity": batch["label/parity"]},
+            "labels": {"parity": batch["label/parity"], "odd": batch["label/odd"]},
         }
 
     test_step = validation_step
@@ -98,14 +115,15 @@ class TinyDualTower(pl.LightningModule):
 
 
 def expected(module: TinyDualTower, seed: int, stage: str) -> dict[str, float]:
-    """The metrics on the whole split at once, and zero-shot accuracy counted by hand."""
+    """The metrics on the whole split at once; zero-shot and choice scores counted by hand."""
     loader = DataLoader(PairSet(seed), batch_size=len(PairSet(seed)))
     batch = next(iter(loader))
     module.eval()
     with torch.no_grad():
         image, text = module.embed(batch)
         classes = module.encode_texts(PROMPTS["parity"])
-    rows = (image, text, batch["image_id"], batch["index"])
+        other = module.embed_images(batch["image_other"])
+    rows = (image, text, batch["item_id"], batch["index"])
     out = {}
     for metric in (RetrievalMetrics(), AlignmentUniformity(), ModalityGap()):
         metric.update(*rows)
@@ -118,6 +136,16 @@ def expected(module: TinyDualTower, seed: int, stage: str) -> dict[str, float]:
     labels = batch["label/parity"].tolist()
     scored = [p == y for p, y in zip(preds, labels, strict=True) if y >= 0]
     out[f"{stage}/zero_shot/parity/accuracy"] = 100.0 * sum(scored) / len(scored)
+    # one row per image for the yes/no task (its captions repeat the image)
+    first = torch.arange(IMAGES) * CAPTIONS
+    score = (image @ classes[1] - image @ classes[0])[first]
+    auroc = binary_auroc(score, batch["label/odd"][first])
+    out[f"{stage}/zero_shot/odd/auroc"] = out[f"{stage}/zero_shot/mean_auroc"] = float(auroc)
+    # choice: each caption against its own image and against the next image
+    own, wrong = (image * text).sum(1), (other * text).sum(1)
+    out[f"{stage}/swapped/accuracy"] = 100.0 * float((own > wrong).float().mean())
+    labels = torch.cat([torch.ones(len(own)), torch.zeros(len(own))])
+    out[f"{stage}/swapped/auroc"] = float(binary_auroc(torch.cat([own, wrong]), labels))
     return out
 
 
@@ -173,7 +201,8 @@ def test_validate_without_datamodule_skips_zero_shot(tmp_path):
     )
     module = TinyDualTower()
     trainer.validate(module, dataloaders=PairData().val_dataloader())
-    want = {k: v for k, v in expected(module, 1, "val").items() if "zero_shot" not in k}
+    tasks = ("zero_shot", "swapped")
+    want = {k: v for k, v in expected(module, 1, "val").items() if k.split("/")[1] not in tasks}
     assert_logged(trainer.callback_metrics, want)
-    assert not any("zero_shot" in k for k in trainer.callback_metrics)
+    assert not any(k.split("/")[1] in tasks for k in trainer.callback_metrics)
     assert (tmp_path / "similarity_matrix.png").exists()

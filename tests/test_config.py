@@ -71,7 +71,7 @@ def test_parse_overrides_types_and_nesting():
         ("method.name=nope", "method.name: unknown method 'nope'; known: clip, clip_refine"),
         (
             "model.image.name=resnet",
-            "model.image.name: unknown tower 'resnet'; known: cnn, transformer, vit",
+            "model.image.name: unknown tower 'resnet'; image towers: cnn, vit",
         ),
         (
             "model.image.name=transformer",

@@ -232,7 +232,7 @@ def test_train_batches_follow_the_contract(dm, cache):
         "text_ids",
         "text_mask",
         "index",
-        "image_id",
+        "item_id",
         "label/shape",
         "label/color",
         "label/count",
@@ -242,19 +242,19 @@ def test_train_batches_follow_the_contract(dm, cache):
     assert b["text_ids"].dtype == torch.long and b["text_ids"].shape[0] == 8
     assert b["text_ids"].shape[1] <= 40  # padded to the batch's longest caption
     assert b["text_mask"].dtype == torch.bool and b["text_mask"][:, 0].all()
-    for key in ("index", "image_id", "label/shape", "label/color", "label/count"):
+    for key in ("index", "item_id", "label/shape", "label/color", "label/count"):
         assert b[key].dtype == torch.long and b[key].shape == (8,)
     train = dm.datasets["train"]
-    seen = torch.cat([x["image_id"] for x in batches])
+    seen = torch.cat([x["item_id"] for x in batches])
     assert len(set(seen.tolist())) == 40  # every image once per epoch
-    # index names the caption that was tokenized, and it belongs to image_id
-    for k, (index, image_id) in enumerate(zip(b["index"], b["image_id"], strict=True)):
-        assert train.captions.item[index] == image_id
+    # index names the caption that was tokenized, and it belongs to item_id
+    for k, (index, item_id) in enumerate(zip(b["index"], b["item_id"], strict=True)):
+        assert train.captions.item[index] == item_id
         ids, _ = dm.tokenizer.encode([train.captions.text(int(index))])
         assert torch.equal(ids[0], b["text_ids"][k, : ids.shape[1]])
         assert not b["text_ids"][k, ids.shape[1] :].any()
     raw = shapes.load_split(shapes.shapes_dir(dm.shapes, cache), "train")
-    i = int(b["image_id"][0])
+    i = int(b["item_id"][0])
     assert torch.allclose(b["image"][0], torch.tensor(raw.images[i]).permute(2, 0, 1) / 127.5 - 1)
     assert int(b["label/count"][0]) == len(raw.objects[i]) - 1
 
@@ -276,9 +276,9 @@ def test_val_and_test_iterate_every_pair_in_order(dm):
     for loader in (dm.val_dataloader(), dm.test_dataloader()):
         batches = list(loader)
         index = torch.cat([b["index"] for b in batches])
-        image_id = torch.cat([b["image_id"] for b in batches])
+        item_id = torch.cat([b["item_id"] for b in batches])
         assert torch.equal(index, torch.arange(50))
-        assert torch.equal(image_id, torch.arange(10).repeat_interleave(5))  # 5 per image
+        assert torch.equal(item_id, torch.arange(10).repeat_interleave(5))  # 5 per image
         counts = torch.cat([b["label/count"] for b in batches]).view(10, 5)
         assert (counts == counts[:, :1]).all()  # labels belong to the image
         again = [b["text_ids"] for b in loader]
@@ -346,8 +346,8 @@ def test_jsonl_reader_and_loader(tmp_path):
     dm.setup("validate")
     assert dm.zero_shot_tasks == {} and len(dm.hard_negatives("val")) == 0
     batches = list(dm.val_dataloader())
-    image_id = torch.cat([b["image_id"] for b in batches])
-    assert image_id.tolist() == [0, 0, 0, 1, 2] and not any("label/" in k for k in batches[0])
+    item_id = torch.cat([b["item_id"] for b in batches])
+    assert item_id.tolist() == [0, 0, 0, 1, 2] and not any("label/" in k for k in batches[0])
     images = torch.cat([b["image"] for b in batches])
     assert images.shape == (5, 3, 16, 16)
     for img, rgb in zip(images[[0, 3, 4]], [(255, 0, 0), (0, 0, 255), (0, 255, 0)], strict=True):
@@ -405,7 +405,7 @@ def test_coco_reader(tmp_path):
     ds = dm.datasets["test"]
     assert ds.captions.all_texts() == ["green", "red square", "a red image"]
     batch = next(iter(dm.test_dataloader()))
-    assert batch["image_id"].tolist() == [0, 1, 1] and batch["index"].tolist() == [0, 1, 2]
+    assert batch["item_id"].tolist() == [0, 1, 1] and batch["index"].tolist() == [0, 1, 2]
     assert torch.allclose(batch["image"][1, 0], torch.ones(8, 8))  # red channel of a.png
     assert "coco at" in dm.describe()
     ann["annotations"].append({"image_id": 77, "caption": "orphan"})

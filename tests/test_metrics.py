@@ -28,20 +28,20 @@ def make_pairs(num_images: int = 30, dim: int = 16, noise: float = 1.0, seed: in
     """One row per (image, caption): images repeat once per caption; rows shuffled."""
     g = torch.Generator().manual_seed(seed)
     images = F.normalize(torch.randn(num_images, dim, generator=g, dtype=torch.float64), dim=1)
-    image_id = torch.arange(num_images).repeat_interleave(CAPTIONS)
+    item_id = torch.arange(num_images).repeat_interleave(CAPTIONS)
     text = F.normalize(
-        images[image_id]
-        + noise * torch.randn(len(image_id), dim, generator=g, dtype=torch.float64),
+        images[item_id]
+        + noise * torch.randn(len(item_id), dim, generator=g, dtype=torch.float64),
         dim=1,
     )
     # ids need not be contiguous: spread them out
-    image_id = image_id * 7 + 3
-    index = torch.randperm(len(image_id), generator=g) * 3 + 11
-    order = torch.randperm(len(image_id), generator=g)
+    item_id = item_id * 7 + 3
+    index = torch.randperm(len(item_id), generator=g) * 3 + 11
+    order = torch.randperm(len(item_id), generator=g)
     return (
         images.repeat_interleave(CAPTIONS, dim=0)[order],
         text[order],
-        image_id[order],
+        item_id[order],
         index[order],
     )
 
@@ -60,9 +60,9 @@ def pad_like_sampler(rows, extra: int = 7):
 def reference_retrieval(rows, ks=(1, 5, 10)):
     """Per-query Python loops: sort candidates by score, negatives before positives on ties
     (pessimistic), rank = 1-based position of the first positive."""
-    image, text, image_id, index = (r.tolist() for r in rows)
+    image, text, item_id, index = (r.tolist() for r in rows)
     images, texts = {}, {}
-    for img, txt, iid, idx in zip(image, text, image_id, index, strict=True):
+    for img, txt, iid, idx in zip(image, text, item_id, index, strict=True):
         images.setdefault(iid, img)
         texts.setdefault(idx, (txt, iid))
 
@@ -113,8 +113,8 @@ def test_retrieval_drops_padded_duplicates_and_ignores_order():
 
 
 def test_retrieval_perfect_and_collapsed_embeddings():
-    image, _, image_id, index = make_pairs(seed=2)
-    perfect = feed(RetrievalMetrics(), (image, image.clone(), image_id, index))
+    image, _, item_id, index = make_pairs(seed=2)
+    perfect = feed(RetrievalMetrics(), (image, image.clone(), item_id, index))
     for direction in ("image_to_text", "text_to_image"):
         assert float(perfect[f"{direction}/R1"]) == 100.0
         assert float(perfect[f"{direction}/median_rank"]) == 1.0
@@ -124,17 +124,17 @@ def test_retrieval_perfect_and_collapsed_embeddings():
         torch.randn(image.shape[1], generator=torch.Generator().manual_seed(0)), dim=0
     )
     same = vector.expand_as(image).contiguous()
-    collapsed = feed(RetrievalMetrics(), (same, same.clone(), image_id, index))
-    num_images, num_texts = len(image_id.unique()), len(index)
+    collapsed = feed(RetrievalMetrics(), (same, same.clone(), item_id, index))
+    num_images, num_texts = len(item_id.unique()), len(index)
     assert float(collapsed["image_to_text/median_rank"]) == num_texts - CAPTIONS + 1
     assert float(collapsed["text_to_image/median_rank"]) == num_images
     assert float(collapsed["text_to_image/R10"]) == 0.0
 
 
 def distinct_items(rows):
-    image, text, image_id, index = rows
-    images = {int(i): image[n] for n, i in reversed(list(enumerate(image_id)))}
-    texts = {int(i): (text[n], int(image_id[n])) for n, i in enumerate(index)}
+    image, text, item_id, index = rows
+    images = {int(i): image[n] for n, i in reversed(list(enumerate(item_id)))}
+    texts = {int(i): (text[n], int(item_id[n])) for n, i in enumerate(index)}
     return images, texts
 
 
@@ -162,11 +162,11 @@ def test_alignment_uniformity_match_formulas():
 
 
 def test_alignment_uniformity_extremes_and_subsample():
-    image, _, image_id, index = make_pairs(seed=5)
-    same = feed(AlignmentUniformity(), (image, image.clone(), image_id, index))
+    image, _, item_id, index = make_pairs(seed=5)
+    same = feed(AlignmentUniformity(), (image, image.clone(), item_id, index))
     assert float(same["alignment"]) == pytest.approx(0.0, abs=1e-12)
     collapsed = torch.ones_like(image) / math.sqrt(image.shape[1])
-    flat = feed(AlignmentUniformity(), (collapsed, collapsed.clone(), image_id, index))
+    flat = feed(AlignmentUniformity(), (collapsed, collapsed.clone(), item_id, index))
     assert float(flat["uniformity/text"]) == pytest.approx(0.0, abs=1e-12)
     # above the cap: deterministic, independent of row order, and a real estimate
     rows = make_pairs(num_images=30, seed=5)
@@ -188,12 +188,12 @@ def test_modality_gap_matches_formula_and_invariances():
     want = float((mean_image - mean_text).norm())
     got = feed(ModalityGap(), pad_like_sampler(rows))["modality_gap"]
     assert float(got) == pytest.approx(want, rel=1e-9)
-    image, _, image_id, index = rows
-    assert float(feed(ModalityGap(), (image, image.clone(), image_id, index))["modality_gap"]) == (
+    image, _, item_id, index = rows
+    assert float(feed(ModalityGap(), (image, image.clone(), item_id, index))["modality_gap"]) == (
         pytest.approx(0.0, abs=1e-12)
     )
     # opposite modalities: gap = 2 |mean image|; scaling an embedding changes nothing
-    opposite = feed(ModalityGap(), (image * 3, -image, image_id, index))["modality_gap"]
+    opposite = feed(ModalityGap(), (image * 3, -image, item_id, index))["modality_gap"]
     assert float(opposite) == pytest.approx(2 * float(mean_image.norm()), rel=1e-9)
 
 
@@ -203,8 +203,8 @@ def test_raw_modality_gap_keeps_the_norms():
     want = sum(images.values()) / len(images) - sum(t for t, _ in texts.values()) / len(texts)
     got = feed(ModalityGap(normalize=False), pad_like_sampler(rows))["modality_gap_raw"]
     assert float(got) == pytest.approx(float(want.norm()), rel=1e-9)
-    image, _, image_id, index = rows
-    scaled = feed(ModalityGap(normalize=False), (image * 3, image, image_id, index))
+    image, _, item_id, index = rows
+    scaled = feed(ModalityGap(normalize=False), (image * 3, image, item_id, index))
     mean_image = sum(images.values()) / len(images)
     assert float(scaled["modality_gap_raw"]) == pytest.approx(
         2 * float(mean_image.norm()), rel=1e-9

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from modules.towers import TowerContext, build_tower
+from modules.towers.audio import AudioCNNConfig
 from modules.towers.image import CNNConfig, ViTConfig
 from modules.towers.text import TextTransformerConfig
 from modules.towers.tokenizer import SPECIALS, WordTokenizer
+from modules.towers.video import FramesConfig
 
 CAPTIONS = ["A red circle left of a blue square.", "two green triangles", "a red square"]
 
@@ -68,3 +70,50 @@ def test_text_tower_ignores_padding(pooling):
     torch.testing.assert_close(a.pooled, b.pooled, atol=1e-5, rtol=1e-5)
     other = dict(zip(("text_ids", "text_mask"), tok.encode(["a blue circle"]), strict=True))
     assert not torch.allclose(tower(other).pooled, a.pooled)
+
+
+def _frames_tower(temporal: str) -> torch.nn.Module:
+    cfg = FramesConfig(
+        frame={"name": "cnn", "channels": [8, 16]}, temporal=temporal, width=32, depth=1, heads=2
+    )
+    return build_tower(cfg, 24, TowerContext(image_size=16, in_channels=1, num_frames=6)).eval()
+
+
+def test_video_tower_order_matters_only_with_the_temporal_transformer():
+    torch.manual_seed(0)
+    video = torch.randn(2, 6, 1, 16, 16)
+    reversed_video = video.flip(1)
+    for temporal, order_sensitive in (("transformer", True), ("mean", False)):
+        tower = _frames_tower(temporal)
+        out = tower({"video": video})
+        assert out.pooled.shape == (2, 24) and out.tokens.shape == (2, 6, 24)
+        changed = not torch.allclose(tower({"video": reversed_video}).pooled, out.pooled, atol=1e-5)
+        assert changed == order_sensitive, temporal
+
+
+def test_video_tower_rejects_bad_input_and_config():
+    tower = _frames_tower("transformer")
+    with pytest.raises(ValueError, match=r"\[B, T, C, H, W\]"):
+        tower({"video": torch.randn(2, 1, 16, 16)})
+    with pytest.raises(ValueError, match="7 frames"):
+        tower({"video": torch.randn(1, 7, 1, 16, 16)})
+    with pytest.raises(ValueError, match="temporal"):
+        FramesConfig(temporal="lstm")
+    with pytest.raises(ValueError, match="frame.name: 'transformer' is a text tower"):
+        FramesConfig(frame={"name": "transformer"})
+    with pytest.raises(ValueError, match="frame.channelz"):
+        FramesConfig(frame={"name": "cnn", "channelz": [8]})
+
+
+def test_audio_tower_shapes_and_loudness_invariance():
+    torch.manual_seed(0)
+    tower = build_tower(AudioCNNConfig(channels=[8, 16]), 24, TowerContext(n_mels=16)).eval()
+    spec = torch.randn(3, 16, 40)
+    out = tower({"audio": spec})
+    assert out.pooled.shape == (3, 24) and out.tokens.shape == (3, 4 * 10, 24)
+    # a louder recording shifts the log-mel by a constant: normalised input ignores it
+    torch.testing.assert_close(tower({"audio": spec + 3.0}).pooled, out.pooled)
+    with pytest.raises(ValueError, match="n_mels, frames"):
+        tower({"audio": spec[:, None]})
+    out.pooled.sum().backward()
+    assert all(p.grad is not None for p in tower.parameters())

@@ -3,7 +3,7 @@
 Notation follows methods/part1.md: `CE_soft(l, q) = -sum_j q_j log softmax(l)_j`,
 `InfoNCE_{A->B} = (1/B) sum_i CE(s_i,: / tau, i)` and
 `CLIP(A, B) = 1/2 [InfoNCE_{A->B} + InfoNCE_{B->A}]` (Radford et al., 2021).
-Positives come from sample ids (e.g. `image_id`), so the five captions of one COCO image
+Positives come from sample ids (e.g. `item_id`), so the five captions of one COCO image
 are positives of each other, never negatives.
 
 Under DDP every rank scores its local rows against the gathered global columns (one

@@ -12,10 +12,17 @@ from modules.registry import TOWERS
 
 @dataclass(frozen=True)
 class TowerContext:
-    """What a tower needs to know about the data it will see."""
+    """What a tower needs to know about the data it will see (from the datamodule's
+    ``tower_context()``, plus the tokenizer's vocabulary size).
+
+    ``image_size``/``in_channels`` describe images, or the frames of a video.
+    """
 
     image_size: int = 64
     in_channels: int = 3
+    num_frames: int = 8
+    n_mels: int = 40
+    audio_frames: int = 100
     vocab_size: int = 0
     max_text_len: int = 32
 

@@ -59,7 +59,7 @@ class CNNTower(nn.Module):
     def __init__(self, cfg: CNNConfig, embed_dim: int, context: TowerContext) -> None:
         super().__init__()
         if not cfg.channels:
-            raise ValueError("model.image.channels: needs at least one stage")
+            raise ValueError("channels: needs at least one stage")
         self.key = cfg.key
         widths = [context.in_channels, *cfg.channels]
         self.stages = nn.Sequential(
@@ -68,7 +68,11 @@ class CNNTower(nn.Module):
         self.head = projection_head(cfg.channels[-1], embed_dim, cfg.projection)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> TowerOutput:
-        features = self.stages(batch[self.key])  # [B, C, h, w]
+        return self.encode(batch[self.key])
+
+    def encode(self, x: torch.Tensor) -> TowerOutput:
+        """``x`` [B, C, H, W] -> pooled [B, D] and one token per feature-map position."""
+        features = self.stages(x)  # [B, C, h, w]
         tokens = features.flatten(2).transpose(1, 2)  # [B, h*w, C]
         return TowerOutput(self.head(tokens.mean(dim=1)), self.head(tokens), None)
 
@@ -91,8 +95,7 @@ class ViTTower(nn.Module):
         super().__init__()
         if context.image_size % cfg.patch_size:
             raise ValueError(
-                f"model.image.patch_size: {cfg.patch_size} does not divide image size "
-                f"{context.image_size}"
+                f"patch_size: {cfg.patch_size} does not divide the image size {context.image_size}"
             )
         self.key = cfg.key
         num_patches = (context.image_size // cfg.patch_size) ** 2

@@ -30,7 +30,7 @@ class TextTransformerTower(nn.Module):
         if context.vocab_size < 4:
             raise ValueError("text tower needs the tokenizer's vocabulary (vocab_size missing)")
         if cfg.pooling not in ("cls", "mean"):
-            raise ValueError(f"model.text.pooling: expected 'cls' or 'mean', got {cfg.pooling!r}")
+            raise ValueError(f"pooling: expected 'cls' or 'mean', got {cfg.pooling!r}")
         self.pooling = cfg.pooling
         self.embed = nn.Embedding(context.vocab_size, cfg.width, padding_idx=0)
         self.pos = nn.Parameter(torch.randn(1, context.max_text_len, cfg.width) * 0.02)
