@@ -25,6 +25,14 @@ from torch.utils.data import DataLoader, Dataset
 from modules.towers.tokenizer import WordTokenizer
 
 TRAIN_PAIRS = ("image", "caption")
+SPLITS = ("train", "val", "test")
+#: The splits each Lightning stage loads.
+STAGE_SPLITS = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("test",),
+}
 
 
 def cache_root(cache_dir: str | None = None) -> Path:
@@ -36,6 +44,25 @@ def cache_root(cache_dir: str | None = None) -> Path:
 def pack_strings(strings: Sequence[str]) -> np.ndarray:
     """UTF-8 bytes in one fixed-width numpy array (no per-string Python objects)."""
     return np.array([s.encode("utf-8") for s in strings], dtype=np.bytes_)
+
+
+class MappedArray:
+    """Rows of a ``.npy`` file, memory-mapped on first use; pickles as its path, so dataloader
+    workers and spawned ranks map the file instead of receiving a copy. ``add_channel`` appends
+    a channel axis (grayscale ``[H, W]`` rows -> ``[H, W, 1]``)."""
+
+    def __init__(self, path: Path, add_channel: bool = False) -> None:
+        self.path, self.add_channel = path, add_channel
+        self._array: np.ndarray | None = None
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+        row = np.array(self._array[i])  # a writable copy of one row
+        return row[..., None] if self.add_channel else row
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}
 
 
 @dataclass(frozen=True)
@@ -147,8 +174,11 @@ class TokenizeCollate:
 
 
 class PairDataModule(L.LightningDataModule):
-    """Loaders over ``self.datasets[split]``; subclasses fill ``datasets`` and ``tokenizer``
-    in ``setup``.
+    """Splits, tokenizer and loaders shared by every paired-modality datamodule.
+
+    A subclass sets ``self.cfg`` (with ``max_text_len``) and implements ``_dataset(split)``;
+    ``setup`` loads the splits a stage needs (and the train split when the tokenizer must be
+    built from its captions).
 
     Training shuffles with a generator seeded by ``seed`` and drops the last partial batch
     (a contrastive loss on a small remainder batch has few negatives and a different scale);
@@ -170,6 +200,7 @@ class PairDataModule(L.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.tokenizer = tokenizer
         self.datasets: dict[str, Dataset] = {}
+        self._siblings: dict[str, np.ndarray] = {}
 
     #: The modalities the data pairs, item side first (``item_id``), caption side second
     #: (``index``); each is a batch key fed to the tower of that name.
@@ -198,10 +229,33 @@ class PairDataModule(L.LightningDataModule):
         similar than the wrong candidate, anchored on the pair's other modality."""
         return {}
 
-    def build_tokenizer(self, texts: Sequence[str], max_len: int) -> None:
-        """Set ``self.tokenizer`` from training texts unless one was given."""
+    def setup(self, stage: str | None = None) -> None:
+        """Load the splits of ``stage`` (all for None), validating real manifests here in the
+        main process; build the tokenizer from the training captions if none was given."""
+        splits = list(STAGE_SPLITS.get(stage or "", SPLITS))
+        if self._needs_train_split() and "train" not in splits:
+            splits.insert(0, "train")
+        for split in splits:
+            if split not in self.datasets:
+                self.datasets[split] = self._dataset(split)
         if self.tokenizer is None:
-            self.tokenizer = WordTokenizer.build(texts, max_len=max_len)
+            texts = self.datasets["train"].captions.all_texts()
+            self.tokenizer = WordTokenizer.build(texts, max_len=self.cfg.max_text_len)
+
+    def _needs_train_split(self) -> bool:
+        """Whether ``setup`` must read the train split whatever the stage."""
+        return self.tokenizer is None
+
+    def _dataset(self, split: str) -> PairDataset:
+        """The dataset of one split (subclasses)."""
+        raise NotImplementedError
+
+    def hard_negatives(self, split: str) -> np.ndarray:
+        """``int64 [P, 2]`` item ids of the built-in data's hard-negative sibling pairs in a
+        loaded split (the same content with one thing swapped or reversed); empty otherwise."""
+        sibling = self._siblings.get(split, np.full(0, -1, dtype=np.int64))
+        first = np.flatnonzero(sibling > np.arange(len(sibling)))
+        return np.stack([first, sibling[first]], axis=1)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -23,37 +23,23 @@ from datamodules.base import (
     TRAIN_PAIRS,
     Captions,
     FileCaptions,
+    MappedArray,
     PairDataModule,
     PairDataset,
     cache_root,
 )
 from datamodules.embedded.shapes import (
-    SPLITS,
     ShapesConfig,
     ensure_shapes,
     load_split,
     zero_shot_prompts,
 )
 from datamodules.formats import read_coco, read_jsonl
-from datamodules.transforms import ImageTransform
+from datamodules.transforms import AugmentConfig, ImageTransform
 from modules.registry import DATAMODULES
 from modules.towers.tokenizer import WordTokenizer
 
 FORMATS = ("embedded", "jsonl", "coco")
-_STAGE_SPLITS = {
-    "fit": ("train", "val"),
-    "validate": ("val",),
-    "test": ("test",),
-    "predict": ("test",),
-}
-
-
-@dataclass
-class AugmentConfig:
-    """Albumentations steps ``[{name: <class>, **kwargs}]`` (see datamodules/transforms.py)."""
-
-    train: list[dict[str, Any]] = field(default_factory=list)
-    eval: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -107,23 +93,6 @@ class ImageTextDataConfig:
         return Path(self.root or "") / getattr(self, f"{split}_images")
 
 
-class ArrayImages:
-    """Images of a ``uint8 [N, H, W, 3]`` ``.npy``, memory-mapped on first use; pickles as
-    its path, so workers and spawned ranks map the file instead of receiving a copy."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._array: np.ndarray | None = None
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r")
-        return np.array(self._array[i])  # a writable copy of one image
-
-    def __getstate__(self) -> dict:
-        return {"path": self.path, "_array": None}
-
-
 class FileImages:
     """Image files read with PIL as RGB and resized to ``size`` x ``size`` (the whole picture
     is kept rather than centre-cropped, so nothing a caption mentions is cut away)."""
@@ -144,7 +113,7 @@ class FileImages:
 class LoadImage:
     """Item id -> ``{"image": tensor}``: read, augment, convert."""
 
-    def __init__(self, images: ArrayImages | FileImages, transform: ImageTransform) -> None:
+    def __init__(self, images: MappedArray | FileImages, transform: ImageTransform) -> None:
         self.images, self.transform = images, transform
 
     def __call__(self, item: int) -> dict[str, torch.Tensor]:
@@ -173,7 +142,6 @@ class ImageTextDataModule(PairDataModule):
                 seed=cfg.seed,
             )
         self.datasets: dict[str, PairDataset] = {}
-        self._siblings: dict[str, np.ndarray] = {}
 
     modalities = ("image", "text")
 
@@ -192,25 +160,6 @@ class ImageTextDataModule(PairDataModule):
         """Generate the built-in data once (Lightning calls this on one process per node)."""
         if self.shapes is not None:
             ensure_shapes(self.shapes, cache_root(self.cfg.cache_dir))
-
-    def setup(self, stage: str | None = None) -> None:
-        """Load the splits of ``stage`` (all for None); build the tokenizer from the training
-        captions if none was given."""
-        splits = list(_STAGE_SPLITS.get(stage or "", SPLITS))
-        if self.tokenizer is None and "train" not in splits:
-            splits.insert(0, "train")
-        for split in splits:
-            if split not in self.datasets:
-                self.datasets[split] = self._dataset(split)
-        if self.tokenizer is None:
-            self.build_tokenizer(self.datasets["train"].captions.all_texts(), self.cfg.max_text_len)
-
-    def hard_negatives(self, split: str) -> np.ndarray:
-        """``int64 [P, 2]`` image ids of the sibling pairs (same objects, colours or relation
-        swapped) in a loaded split; empty for real data."""
-        sibling = self._siblings.get(split, np.full(0, -1, dtype=np.int64))
-        first = np.flatnonzero(sibling > np.arange(len(sibling)))
-        return np.stack([first, sibling[first]], axis=1)
 
     def describe(self) -> str:
         """One line for logs: source and loaded split sizes."""
@@ -232,7 +181,7 @@ class ImageTextDataModule(PairDataModule):
         if self.shapes is not None:
             directory = ensure_shapes(self.shapes, cache_root(self.cfg.cache_dir))
             data = load_split(directory, split)
-            images: ArrayImages | FileImages = ArrayImages(directory / f"{split}_images.npy")
+            images: MappedArray | FileImages = MappedArray(directory / f"{split}_images.npy")
             captions, labels = Captions.from_lists(data.captions), data.labels
             self._siblings[split] = data.sibling
         else:

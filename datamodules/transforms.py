@@ -19,11 +19,20 @@ import modules.env  # noqa: F401  (first: albumentations' update check is off)
 
 import difflib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import albumentations as A
 import numpy as np
 import torch
+
+
+@dataclass
+class AugmentConfig:
+    """Albumentations steps ``[{name: <class>, **kwargs}]`` (see datamodules/transforms.py)."""
+
+    train: list[dict[str, Any]] = field(default_factory=list)
+    eval: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _plain(value: Any) -> Any:

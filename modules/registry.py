@@ -79,4 +79,12 @@ TOWERS = Registry(
     "tower",
     ["modules.towers.image", "modules.towers.text", "modules.towers.video", "modules.towers.audio"],
 )
-DATAMODULES = Registry("data", ["datamodules.image_text"])
+DATAMODULES = Registry(
+    "data",
+    [
+        "datamodules.image_text",
+        "datamodules.video_text",
+        "datamodules.audio_visual",
+        "datamodules.medical_report",
+    ],
+)

@@ -9,8 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from datamodules import ImageTextDataConfig, ImageTextDataModule
-from datamodules.image_text import AugmentConfig
-from datamodules.transforms import ImageTransform, build_transforms, to_tensor
+from datamodules.transforms import AugmentConfig, ImageTransform, build_transforms, to_tensor
 
 YAML = """
 augment:

@@ -1,6 +1,19 @@
-"""Readers of real captioned datasets into :class:`datamodules.base.FileCaptions`."""
+"""Readers of real datasets: image-text (JSONL, COCO), video-text (MSR-VTT, CSV),
+audio-visual (LRS2/LRS3 lists) and chest radiograph reports (MIMIC-CXR, IU-Xray)."""
 
 from datamodules.formats.coco import read_coco
+from datamodules.formats.iu_xray import read_iu_xray
 from datamodules.formats.jsonl import read_jsonl
+from datamodules.formats.lrs import read_lrs
+from datamodules.formats.mimic_cxr import read_mimic_cxr
+from datamodules.formats.msrvtt import read_msrvtt, read_video_csv
 
-__all__ = ["read_coco", "read_jsonl"]
+__all__ = [
+    "read_coco",
+    "read_iu_xray",
+    "read_jsonl",
+    "read_lrs",
+    "read_mimic_cxr",
+    "read_msrvtt",
+    "read_video_csv",
+]

@@ -1,0 +1,383 @@
+"""Audio-visual pairs (a voice and a talking mouth): the built-in talking clips, or LRS2/LRS3.
+
+One audio window and one video window per item (``index == item_id``), the transcript as the
+item's one caption. Batches:
+
+- ``audio`` float32 [B, n_mels, audio_frames]: log-mel of the window's waveform (computed here
+  in torch), ``audio_frames = num_frames * sample_rate / fps / hop_length``; audio frame ``t``
+  is centred on the same instant as in the video (half a window of extra samples each side).
+- ``video`` float32 [B, T, 1, S, S] in [-1, 1]: the mouth frames in sync with the audio.
+- ``video_shifted``: the same clip's frames ``T`` starting ``label/offset`` frames later
+  (``video_shifted[t] = clip[start + offset + t]``), with ``min_shift <= |offset| <= max_shift``
+  and a random sign: the same face out of sync.
+- ``video_distractor``: another clip's frames over its own sync window, from another speaker
+  saying other words ("which of two faces is speaking").
+- ``words`` long [B, max_words]: word ids of the transcript (see ``word_vocab``), -1 padded.
+- ``text_ids`` / ``text_mask`` (the transcript), ``index``, ``item_id``, ``label/speaker``,
+  ``label/offset``.
+
+Training draws the offset and the distractor per sample from torch's RNG; validation and test
+fix them per item from ``seed``. One augmentation draw is applied to the three clips together,
+so no augmentation difference can tell the true clip from the wrong ones.
+"""
+
+from __future__ import annotations
+
+import modules.env  # noqa: F401  (first: environment for lightning's imports)
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from datamodules.base import Captions, FileCaptions, PairDataModule, PairDataset, cache_root
+from datamodules.embedded.talking import (
+    AUDIO_SCALE,
+    SPLITS,
+    VOCAB,
+    TalkingConfig,
+    ensure_talking,
+    load_split,
+)
+from datamodules.formats.lrs import MOUTH_BOX, decode_mouth_frames, read_lrs, speaker_ids
+from datamodules.media import MediaError, decode_audio, log_mel
+from datamodules.transforms import AugmentConfig, ClipTransform
+from modules.registry import DATAMODULES
+from modules.towers.tokenizer import WordTokenizer, split_words
+
+FORMATS = ("embedded", "lrs")
+UNKNOWN_WORD = "<unk>"
+
+
+@dataclass
+class AudioVisualDataConfig:
+    """Data block of an experiment. ``num_*`` shape the built-in data; ``root``, ``*_list``
+    and ``*_clips`` locate an LRS-style dataset (e.g. LRS2: ``train_clips: main``, real clips
+    at ``fps: 25``, ``sample_rate: 16000``, ``win_length: 400``, ``hop_length: 160``)."""
+
+    name: str = "audio_visual"
+    format: str = "embedded"  # embedded | lrs
+    root: str | None = None
+    # list file per split, relative to root; None: "<split>.txt"
+    train_list: str | None = None
+    val_list: str | None = None
+    test_list: str | None = None
+    # directory (relative to root) that a split's clip ids are relative to
+    train_clips: str = ""
+    val_clips: str = ""
+    test_clips: str = ""
+    mouth_box: list[float] = field(default_factory=lambda: list(MOUTH_BOX))  # x0 y0 x1 y1
+    sample_rate: int = 8000
+    fps: int = 20
+    n_mels: int = 40
+    win_length: int = 200  # samples; also the FFT size
+    hop_length: int = 80
+    num_frames: int = 16
+    frame_size: int = 32
+    min_shift: int = 2  # frames
+    max_shift: int = 4
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    max_text_len: int = 16
+    max_words: int = 8
+    num_train: int = 3000
+    num_val: int = 500
+    num_test: int = 500
+    num_speakers: int = 8
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    cache_dir: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
+        if self.format != "embedded" and not self.root:
+            raise ValueError(f"data.format {self.format!r} needs data.root")
+        if not 1 <= self.min_shift <= self.max_shift:
+            raise ValueError("data.min_shift must be >= 1 and <= data.max_shift")
+        if self.sample_rate % self.fps or self.samples_per_frame % self.hop_length:
+            raise ValueError(
+                "data.sample_rate must be a multiple of data.fps, and the samples per frame "
+                "a multiple of data.hop_length (audio frames align with video frames)"
+            )
+        if not self.hop_length <= self.win_length <= self.hop_length + self.samples_per_frame:
+            raise ValueError(
+                "data.win_length must be between hop_length and hop_length + samples per frame"
+            )
+        if self.num_frames < 2 or self.frame_size < 8 or self.max_words < 1:
+            raise ValueError("data.num_frames >= 2, data.frame_size >= 8, data.max_words >= 1")
+        x0, y0, x1, y1 = self.mouth_box
+        if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+            raise ValueError("data.mouth_box must be 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1")
+
+    @property
+    def samples_per_frame(self) -> int:
+        return self.sample_rate // self.fps
+
+    @property
+    def audio_frames(self) -> int:
+        return self.num_frames * self.samples_per_frame // self.hop_length
+
+    def list_file(self, split: str) -> Path:
+        return Path(self.root or "") / (getattr(self, f"{split}_list") or f"{split}.txt")
+
+    def clips_dir(self, split: str) -> Path:
+        return Path(self.root or "") / getattr(self, f"{split}_clips")
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A decoded clip: frames ``uint8 [F, S, S, 1]``, the waveform from frame 0 on, and the
+    first frame of the sync window."""
+
+    frames: np.ndarray
+    wave: np.ndarray
+    start: int
+
+
+class EmbeddedClips:
+    """Clips of the built-in data, memory-mapped on first use; pickles as its paths."""
+
+    def __init__(self, directory: Path, split: str, margin: int) -> None:
+        self.directory, self.split, self.margin = directory, split, margin
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __call__(self, i: int) -> Clip:
+        if self._arrays is None:
+            self._arrays = (
+                np.load(self.directory / f"{self.split}_frames.npy", mmap_mode="r"),
+                np.load(self.directory / f"{self.split}_audio.npy", mmap_mode="r"),
+            )
+        frames, audio = self._arrays
+        wave = audio[i].astype(np.float32) / AUDIO_SCALE
+        return Clip(np.array(frames[i])[..., None], wave, self.margin)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_arrays": None}
+
+
+class LrsClips:
+    """Clips of an LRS list, decoded with PyAV; the sync window is the middle of the clip."""
+
+    def __init__(self, files: FileCaptions, cfg: AudioVisualDataConfig) -> None:
+        self.files, self.cfg = files, cfg
+
+    def __call__(self, i: int) -> Clip:
+        path, cfg = self.files.path(i), self.cfg
+        frames, rate = decode_mouth_frames(path, cfg.frame_size, tuple(cfg.mouth_box))
+        if abs(rate - cfg.fps) > 0.01 * cfg.fps:
+            raise MediaError(f"video file {path} has {rate:g} frames/s, expected fps {cfg.fps}")
+        needed = cfg.num_frames + 2 * cfg.max_shift
+        if len(frames) < needed:
+            raise MediaError(
+                f"video file {path} has {len(frames)} frames, fewer than num_frames + "
+                f"2 * max_shift = {needed}"
+            )
+        return Clip(
+            frames, decode_audio(path, cfg.sample_rate), (len(frames) - cfg.num_frames) // 2
+        )
+
+
+def _audio_window(wave: np.ndarray, start: int, length: int) -> np.ndarray:
+    """``wave[start:start + length]``, zero-padded where it runs off either end."""
+    out = np.zeros(length, np.float32)
+    lo, hi = max(start, 0), min(start + length, len(wave))
+    if hi > lo:
+        out[lo - start : hi - start] = wave[lo:hi]
+    return out
+
+
+def pick_distractor(
+    item: int, speaker: np.ndarray, words: np.ndarray, draw: Callable[[], int]
+) -> int:
+    """A clip id from ``draw()`` whose speaker and words both differ from ``item``'s."""
+    for _ in range(1000):
+        j = draw()
+        if speaker[j] != speaker[item] and not np.array_equal(words[j], words[item]):
+            return j
+    raise RuntimeError(f"no clip of another speaker with other words found for item {item}")
+
+
+def eval_draws(
+    num: int, speaker: np.ndarray, words: np.ndarray, cfg: AudioVisualDataConfig, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed ``(offsets, distractors)`` per item of an evaluation split, from the seed."""
+    rng = np.random.default_rng([cfg.seed, SPLITS.index(split), 17])
+    sizes = rng.integers(cfg.min_shift, cfg.max_shift + 1, num)
+    offsets = sizes * rng.choice(np.array([-1, 1]), num)
+    distractors = [
+        pick_distractor(i, speaker, words, lambda: int(rng.integers(num))) for i in range(num)
+    ]
+    return offsets.astype(np.int64), np.array(distractors, dtype=np.int64)
+
+
+class LoadTalking:
+    """Item id -> audio, the sync / shifted / distractor videos, word ids, offset label."""
+
+    def __init__(
+        self,
+        clips: EmbeddedClips | LrsClips,
+        cfg: AudioVisualDataConfig,
+        speaker: np.ndarray,
+        words: np.ndarray,
+        transform: ClipTransform,
+        fixed: tuple[np.ndarray, np.ndarray] | None,
+    ) -> None:
+        self.clips, self.cfg, self.speaker, self.words = clips, cfg, speaker, words
+        self.transform, self.fixed = transform, fixed
+
+    def _draw(self, item: int) -> tuple[int, int]:
+        """Offset and distractor: fixed in evaluation, from torch's RNG in training."""
+        if self.fixed is not None:
+            return int(self.fixed[0][item]), int(self.fixed[1][item])
+        cfg = self.cfg
+        size = int(torch.randint(cfg.min_shift, cfg.max_shift + 1, ()).item())
+        sign = 1 if torch.rand(()).item() < 0.5 else -1
+        n = len(self.speaker)
+        j = pick_distractor(
+            item, self.speaker, self.words, lambda: int(torch.randint(n, ()).item())
+        )
+        return sign * size, j
+
+    def __call__(self, item: int) -> dict[str, Any]:
+        cfg, t = self.cfg, self.cfg.num_frames
+        offset, other_id = self._draw(item)
+        clip, other = self.clips(item), self.clips(other_id)
+        stack = np.concatenate(
+            [
+                clip.frames[clip.start : clip.start + t],
+                clip.frames[clip.start + offset : clip.start + offset + t],
+                other.frames[other.start : other.start + t],
+            ]
+        )
+        video, shifted, distractor = self.transform(stack).split(t)
+        pad = (cfg.win_length - cfg.hop_length) // 2
+        length = t * cfg.samples_per_frame + cfg.win_length - cfg.hop_length
+        wave = _audio_window(clip.wave, clip.start * cfg.samples_per_frame - pad, length)
+        audio = log_mel(
+            torch.from_numpy(wave), cfg.sample_rate, cfg.n_mels, cfg.win_length, cfg.hop_length
+        )
+        return {
+            "audio": audio,
+            "video": video,
+            "video_shifted": shifted,
+            "video_distractor": distractor,
+            "words": torch.from_numpy(self.words[item]),
+            "label/offset": offset,
+        }
+
+
+def word_ids(texts: list[str], vocab: list[str], max_words: int) -> np.ndarray:
+    """``int64 [N, max_words]`` word ids (unknown words -> ``vocab.index("<unk>")``), -1 pad."""
+    index = {w: i for i, w in enumerate(vocab)}
+    out = np.full((len(texts), max_words), -1, dtype=np.int64)
+    for row, text in enumerate(texts):
+        ids = [index.get(w, index.get(UNKNOWN_WORD, -1)) for w in split_words(text)]
+        out[row, : min(len(ids), max_words)] = ids[:max_words]
+    return out
+
+
+@DATAMODULES.register("audio_visual", AudioVisualDataConfig)
+class AudioVisualDataModule(PairDataModule):
+    """Voice-mouth pairs; with no arguments, the built-in talking clips (generated on first
+    use into the cache)."""
+
+    def __init__(
+        self, cfg: AudioVisualDataConfig | None = None, tokenizer: WordTokenizer | None = None
+    ) -> None:
+        cfg = cfg or AudioVisualDataConfig()
+        super().__init__(cfg.batch_size, cfg.eval_batch_size, cfg.num_workers, cfg.seed, tokenizer)
+        self.cfg = cfg
+        self.talking: TalkingConfig | None = None
+        if cfg.format == "embedded":
+            self.talking = TalkingConfig(
+                num_train=cfg.num_train,
+                num_val=cfg.num_val,
+                num_test=cfg.num_test,
+                num_speakers=cfg.num_speakers,
+                sample_rate=cfg.sample_rate,
+                fps=cfg.fps,
+                window_frames=cfg.num_frames,
+                margin_frames=cfg.max_shift,
+                frame_size=cfg.frame_size,
+                seed=cfg.seed,
+            )
+        self.datasets: dict[str, PairDataset] = {}
+        self._word_vocab: list[str] | None = list(VOCAB) if self.talking else None
+
+    modalities = ("audio", "video")
+
+    def tower_context(self) -> dict[str, Any]:
+        return {
+            "image_size": self.cfg.frame_size,
+            "in_channels": 1,
+            "num_frames": self.cfg.num_frames,
+            "n_mels": self.cfg.n_mels,
+            "audio_frames": self.cfg.audio_frames,
+            "max_text_len": self.cfg.max_text_len,
+        }
+
+    @property
+    def choice_tasks(self) -> dict[str, tuple[str, str]]:
+        return {
+            "sync": ("video_shifted", "video"),
+            "active_speaker": ("video_distractor", "video"),
+        }
+
+    @property
+    def word_vocab(self) -> list[str]:
+        """Names of the ids in ``words``: the built-in vocabulary, or ``<unk>`` and the sorted
+        words of the LRS training transcripts (known after ``setup``)."""
+        if self._word_vocab is None:
+            raise RuntimeError("the word vocabulary is built from the train split in setup()")
+        return self._word_vocab
+
+    def prepare_data(self) -> None:
+        """Generate the built-in data once (Lightning calls this on one process per node)."""
+        if self.talking is not None:
+            ensure_talking(self.talking, cache_root(self.cfg.cache_dir))
+
+    def _needs_train_split(self) -> bool:
+        """The train split also defines the word vocabulary of real data."""
+        return self.tokenizer is None or self._word_vocab is None
+
+    def describe(self) -> str:
+        """One line for logs: source and loaded split sizes."""
+        if self.talking is not None:
+            source = f"embedded talking-{self.talking.key()}"
+        else:
+            source = f"{self.cfg.format} at {self.cfg.root}"
+        sizes = ", ".join(f"{split} {len(ds)} clips" for split, ds in self.datasets.items())
+        return f"audio_visual ({source}): {sizes or 'not set up'}"
+
+    def _source(self, split: str) -> tuple[Captions, EmbeddedClips | LrsClips, np.ndarray]:
+        """Captions, clip loader and speaker ids of a split."""
+        if self.talking is not None:
+            directory = ensure_talking(self.talking, cache_root(self.cfg.cache_dir))
+            data = load_split(directory, split)
+            captions = Captions.from_lists([[data.transcript(i)] for i in range(len(data.speaker))])
+            return captions, EmbeddedClips(directory, split, self.cfg.max_shift), data.speaker
+        root = Path(self.cfg.root or "")
+        if not root.is_dir():
+            raise FileNotFoundError(f"data root {root} not found")
+        files = read_lrs(self.cfg.list_file(split), self.cfg.clips_dir(split))
+        if self._word_vocab is None:  # setup() reads the train split first
+            words = {w for text in files.captions.all_texts() for w in split_words(text)}
+            self._word_vocab = [UNKNOWN_WORD, *sorted(words)]
+        keys = [k.decode("utf-8") for k in files.keys]
+        return files.captions, LrsClips(files, self.cfg), speaker_ids(keys)
+
+    def _dataset(self, split: str) -> PairDataset:
+        train = split == "train"
+        captions, clips, speaker = self._source(split)
+        if len(np.unique(speaker)) < 2:
+            raise ValueError(f"{split} split has one speaker; distractors need at least two")
+        words = word_ids(captions.all_texts(), self.word_vocab, self.cfg.max_words)
+        fixed = None if train else eval_draws(len(speaker), speaker, words, self.cfg, split)
+        transform = ClipTransform(self.cfg.augment.train if train else self.cfg.augment.eval)
+        load = LoadTalking(clips, self.cfg, speaker, words, transform, fixed)
+        return PairDataset(captions, load, {"speaker": speaker}, pairs="caption")

@@ -1,0 +1,255 @@
+"""Video-text pairs: the built-in moving-shapes clips, or an MSR-VTT / CSV dataset on disk.
+
+Batches: ``video`` float32 [B, T, 3, S, S] in [-1, 1], ``text_ids`` / ``text_mask`` [B, L],
+``index`` (caption id in the split), ``item_id`` (clip id in the split, shared by the captions
+of one clip) and, for the built-in data, ``label/direction``, ``label/shape``, ``label/color``.
+Evaluation batches also hold ``video_reversed`` (the clip played backwards) for the
+``time_reversed`` choice metric. Training draws one caption per clip per epoch
+(``train_pairs: image``) or uses every pair (``caption``); validation and test always iterate
+over every pair in order.
+
+``shuffle_frames`` is the time-shuffled ablation: each clip's frames are permuted, afresh per
+draw in training (torch's RNG), and by a fixed permutation per clip in evaluation (from the
+seed and the clip id), so evaluation is reproducible.
+"""
+
+from __future__ import annotations
+
+import modules.env  # noqa: F401  (first: environment for lightning's imports)
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from datamodules.base import (
+    TRAIN_PAIRS,
+    Captions,
+    FileCaptions,
+    MappedArray,
+    PairDataModule,
+    PairDataset,
+    cache_root,
+)
+from datamodules.embedded.moving_shapes import (
+    MovingShapesConfig,
+    ensure_moving_shapes,
+    load_split,
+    zero_shot_prompts,
+)
+from datamodules.formats.msrvtt import read_msrvtt, read_video_csv
+from datamodules.media import decode_video, read_frame_folder
+from datamodules.transforms import AugmentConfig, ClipTransform
+from modules.registry import DATAMODULES
+from modules.towers.tokenizer import WordTokenizer
+
+FORMATS = ("embedded", "msrvtt", "csv")
+
+
+@dataclass
+class VideoTextDataConfig:
+    """Data block of an experiment. ``num_*`` and ``sibling_fraction`` shape the built-in data;
+    ``root``, ``*_manifest`` and ``*_videos`` locate a real one."""
+
+    name: str = "video_text"
+    format: str = "embedded"  # embedded | msrvtt | csv
+    root: str | None = None
+    # manifest per split, relative to root; None: "msrvtt.json" (one file holding every
+    # split, filtered by the videos' "split" field) or "<split>.csv"
+    train_manifest: str | None = None
+    val_manifest: str | None = None
+    test_manifest: str | None = None
+    # directory (relative to root) holding a split's clips (files or frame folders)
+    train_videos: str = ""
+    val_videos: str = ""
+    test_videos: str = ""
+    num_frames: int = 8
+    frame_size: int = 32
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    max_text_len: int = 40
+    num_train: int = 4000
+    num_val: int = 500
+    num_test: int = 500
+    sibling_fraction: float = 0.25
+    train_pairs: str = "image"  # image: one random caption per clip per epoch | caption: all
+    shuffle_frames: bool = False  # the time-shuffled ablation
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    cache_dir: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
+        if self.train_pairs not in TRAIN_PAIRS:
+            raise ValueError(f"data.train_pairs must be one of {TRAIN_PAIRS}")
+        if self.format != "embedded" and not self.root:
+            raise ValueError(f"data.format {self.format!r} needs data.root")
+        if self.num_frames < 1 or self.frame_size < 1:
+            raise ValueError("data.num_frames and data.frame_size must be positive")
+        if self.format == "embedded":
+            try:
+                self.generator()
+            except ValueError as err:  # its messages start with the field name
+                raise ValueError(f"data.{err}") from None
+
+    def generator(self) -> MovingShapesConfig:
+        """The built-in data's generator parameters."""
+        return MovingShapesConfig(
+            num_train=self.num_train,
+            num_val=self.num_val,
+            num_test=self.num_test,
+            num_frames=self.num_frames,
+            frame_size=self.frame_size,
+            sibling_fraction=self.sibling_fraction,
+            seed=self.seed,
+        )
+
+    def manifest(self, split: str) -> Path:
+        name = getattr(self, f"{split}_manifest")
+        if name is None:
+            name = "msrvtt.json" if self.format == "msrvtt" else f"{split}.csv"
+        return Path(self.root or "") / name
+
+    def video_dir(self, split: str) -> Path:
+        return Path(self.root or "") / getattr(self, f"{split}_videos")
+
+
+class FileClips:
+    """Clips decoded from video files (PyAV) or frame folders: ``num_frames`` frames sampled
+    uniformly, each resized to ``size`` x ``size``; a corrupt file raises ``MediaError``."""
+
+    def __init__(self, files: FileCaptions, num_frames: int, size: int) -> None:
+        self.files, self.num_frames, self.size = files, num_frames, size
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        path = Path(self.files.path(i))
+        read = read_frame_folder if path.is_dir() else decode_video
+        return read(path, self.num_frames, self.size)
+
+
+def eval_permutation(seed: int, item: int, num_frames: int) -> np.ndarray:
+    """The fixed frame order of clip ``item`` in shuffled evaluation (never the identity when
+    there are two frames or more)."""
+    rng = np.random.default_rng([seed, item])
+    while True:
+        order = rng.permutation(num_frames)
+        if num_frames < 2 or (order != np.arange(num_frames)).any():
+            return order
+
+
+class LoadClip:
+    """Item id -> ``{"video": tensor}``: read, shuffle frames (ablation), augment, convert.
+
+    With ``reversed_copy`` (evaluation) the sample also holds ``video_reversed``: the clip
+    played backwards, under the same frame shuffle and augmentation draw, the wrong candidate
+    of the ``time_reversed`` choice task.
+    """
+
+    def __init__(
+        self,
+        clips: MappedArray | FileClips,
+        transform: ClipTransform,
+        shuffle: str | None,
+        seed: int,
+        reversed_copy: bool = False,
+    ) -> None:
+        self.clips, self.transform, self.shuffle, self.seed = clips, transform, shuffle, seed
+        self.reversed_copy = reversed_copy
+
+    def __call__(self, item: int) -> dict[str, torch.Tensor]:
+        frames = self.clips[item]
+        order = np.arange(len(frames))
+        if self.shuffle == "train":
+            order = torch.randperm(len(frames)).numpy()
+        elif self.shuffle == "eval":
+            order = eval_permutation(self.seed, item, len(frames))
+        if not self.reversed_copy:
+            return {"video": self.transform(frames[order])}
+        both = self.transform(np.concatenate([frames[order], frames[::-1][order]]))
+        return {"video": both[: len(frames)], "video_reversed": both[len(frames) :]}
+
+
+@DATAMODULES.register("video_text", VideoTextDataConfig)
+class VideoTextDataModule(PairDataModule):
+    """Clip-caption pairs; with no arguments, the built-in moving-shapes data (generated on
+    first use into the cache)."""
+
+    def __init__(
+        self, cfg: VideoTextDataConfig | None = None, tokenizer: WordTokenizer | None = None
+    ) -> None:
+        cfg = cfg or VideoTextDataConfig()
+        super().__init__(cfg.batch_size, cfg.eval_batch_size, cfg.num_workers, cfg.seed, tokenizer)
+        self.cfg = cfg
+        self.moving_shapes = cfg.generator() if cfg.format == "embedded" else None
+        self.datasets: dict[str, PairDataset] = {}
+
+    modalities = ("video", "text")
+
+    def tower_context(self) -> dict[str, Any]:
+        return {
+            "image_size": self.cfg.frame_size,
+            "in_channels": 3,
+            "num_frames": self.cfg.num_frames,
+            "max_text_len": self.cfg.max_text_len,
+        }
+
+    @property
+    def zero_shot_tasks(self) -> dict[str, list[str]]:
+        return zero_shot_prompts() if self.moving_shapes is not None else {}
+
+    @property
+    def choice_tasks(self) -> dict[str, tuple[str, str]]:
+        """``time_reversed``: does the caption prefer its clip over the same clip played
+        backwards? A model blind to frame order cannot (its two embeddings are equal)."""
+        return {"time_reversed": ("video_reversed", "video")}
+
+    def prepare_data(self) -> None:
+        """Generate the built-in data once (Lightning calls this on one process per node)."""
+        if self.moving_shapes is not None:
+            ensure_moving_shapes(self.moving_shapes, cache_root(self.cfg.cache_dir))
+
+    def describe(self) -> str:
+        """One line for logs: source and loaded split sizes."""
+        if self.moving_shapes is not None:
+            source = f"embedded moving_shapes-{self.moving_shapes.key()}"
+        else:
+            source = f"{self.cfg.format} at {self.cfg.root}"
+        if self.cfg.shuffle_frames:
+            source += ", frames shuffled"
+        sizes = ", ".join(
+            f"{split} {ds.captions.num_items} clips / {len(ds.captions)} captions"
+            for split, ds in self.datasets.items()
+        )
+        return f"video_text ({source}): {sizes or 'not set up'}"
+
+    def _dataset(self, split: str) -> PairDataset:
+        train = split == "train"
+        transform = ClipTransform(self.cfg.augment.train if train else self.cfg.augment.eval)
+        pairs = self.cfg.train_pairs if train else "caption"
+        shuffle = ("train" if train else "eval") if self.cfg.shuffle_frames else None
+        labels = None
+        if self.moving_shapes is not None:
+            directory = ensure_moving_shapes(self.moving_shapes, cache_root(self.cfg.cache_dir))
+            data = load_split(directory, split)
+            clips: MappedArray | FileClips = MappedArray(directory / f"{split}_frames.npy")
+            captions, labels = Captions.from_lists(data.captions), data.labels
+            self._siblings[split] = data.sibling
+        else:
+            clips, captions = self._files(split)
+        load = LoadClip(clips, transform, shuffle, self.cfg.seed, reversed_copy=not train)
+        return PairDataset(captions, load, labels, pairs)
+
+    def _files(self, split: str) -> tuple[FileClips, Captions]:
+        root = Path(self.cfg.root or "")
+        if not root.is_dir():
+            raise FileNotFoundError(f"data root {root} not found")
+        manifest, video_dir = self.cfg.manifest(split), self.cfg.video_dir(split)
+        if self.cfg.format == "msrvtt":
+            files = read_msrvtt(manifest, video_dir, split)
+        else:
+            files = read_video_csv(manifest, video_dir)
+        return FileClips(files, self.cfg.num_frames, self.cfg.frame_size), files.captions
