@@ -290,8 +290,7 @@ class AudioVisualDataModule(PairDataModule):
         self, cfg: AudioVisualDataConfig | None = None, tokenizer: WordTokenizer | None = None
     ) -> None:
         cfg = cfg or AudioVisualDataConfig()
-        super().__init__(cfg.batch_size, cfg.eval_batch_size, cfg.num_workers, cfg.seed, tokenizer)
-        self.cfg = cfg
+        super().__init__(cfg, tokenizer)
         self.talking: TalkingConfig | None = None
         if cfg.format == "embedded":
             self.talking = TalkingConfig(
@@ -306,7 +305,6 @@ class AudioVisualDataModule(PairDataModule):
                 frame_size=cfg.frame_size,
                 seed=cfg.seed,
             )
-        self.datasets: dict[str, PairDataset] = {}
         self._word_vocab: list[str] | None = list(VOCAB) if self.talking else None
 
     modalities = ("audio", "video")

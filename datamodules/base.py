@@ -176,7 +176,7 @@ class TokenizeCollate:
 class PairDataModule(L.LightningDataModule):
     """Splits, tokenizer and loaders shared by every paired-modality datamodule.
 
-    A subclass sets ``self.cfg`` (with ``max_text_len``) and implements ``_dataset(split)``;
+    A subclass passes its data config and implements ``_dataset(split)``;
     ``setup`` loads the splits a stage needs (and the train split when the tokenizer must be
     built from its captions).
 
@@ -185,21 +185,18 @@ class PairDataModule(L.LightningDataModule):
     evaluation keeps the order and every sample.
     """
 
-    def __init__(
-        self,
-        batch_size: int,
-        eval_batch_size: int,
-        num_workers: int,
-        seed: int,
-        tokenizer: WordTokenizer | None = None,
-    ) -> None:
+    def __init__(self, cfg: Any, tokenizer: WordTokenizer | None = None) -> None:
+        """``cfg``: the data block (``batch_size``, ``eval_batch_size``, ``num_workers``,
+        ``seed``, ``max_text_len`` and the subclass's own fields); ``tokenizer``: reuse one
+        (e.g. from the checkpoint a stage starts from) instead of building it."""
         super().__init__()
-        if batch_size < 1 or eval_batch_size < 1 or num_workers < 0:
+        if cfg.batch_size < 1 or cfg.eval_batch_size < 1 or cfg.num_workers < 0:
             raise ValueError("batch sizes must be positive and num_workers non-negative")
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.num_workers, self.seed = num_workers, seed
+        self.cfg = cfg
+        self.batch_size, self.eval_batch_size = cfg.batch_size, cfg.eval_batch_size
+        self.num_workers, self.seed = cfg.num_workers, cfg.seed
         self.tokenizer = tokenizer
-        self.datasets: dict[str, Dataset] = {}
+        self.datasets: dict[str, PairDataset] = {}
         self._siblings: dict[str, np.ndarray] = {}
 
     #: The modalities the data pairs, item side first (``item_id``), caption side second

@@ -129,8 +129,7 @@ class ImageTextDataModule(PairDataModule):
         self, cfg: ImageTextDataConfig | None = None, tokenizer: WordTokenizer | None = None
     ) -> None:
         cfg = cfg or ImageTextDataConfig()
-        super().__init__(cfg.batch_size, cfg.eval_batch_size, cfg.num_workers, cfg.seed, tokenizer)
-        self.cfg = cfg
+        super().__init__(cfg, tokenizer)
         self.shapes: ShapesConfig | None = None
         if cfg.format == "embedded":
             self.shapes = ShapesConfig(
@@ -141,7 +140,6 @@ class ImageTextDataModule(PairDataModule):
                 hard_negative_fraction=cfg.hard_negative_fraction,
                 seed=cfg.seed,
             )
-        self.datasets: dict[str, PairDataset] = {}
 
     modalities = ("image", "text")
 

@@ -186,8 +186,7 @@ class MedicalReportDataModule(PairDataModule):
         self, cfg: MedicalReportDataConfig | None = None, tokenizer: WordTokenizer | None = None
     ) -> None:
         cfg = cfg or MedicalReportDataConfig()
-        super().__init__(cfg.batch_size, cfg.eval_batch_size, cfg.num_workers, cfg.seed, tokenizer)
-        self.cfg = cfg
+        super().__init__(cfg, tokenizer)
         self.chest: ChestConfig | None = None
         if cfg.format == "embedded":
             self.chest = ChestConfig(
@@ -199,7 +198,6 @@ class MedicalReportDataModule(PairDataModule):
                 lateral_fraction=cfg.lateral_fraction,
                 seed=cfg.seed,
             )
-        self.datasets: dict[str, PairDataset] = {}
         self._regions: dict[str, dict[str, Any]] = {}
         self._labelled = cfg.format != "iu_xray"
 

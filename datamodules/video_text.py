@@ -182,10 +182,8 @@ class VideoTextDataModule(PairDataModule):
         self, cfg: VideoTextDataConfig | None = None, tokenizer: WordTokenizer | None = None
     ) -> None:
         cfg = cfg or VideoTextDataConfig()
-        super().__init__(cfg.batch_size, cfg.eval_batch_size, cfg.num_workers, cfg.seed, tokenizer)
-        self.cfg = cfg
+        super().__init__(cfg, tokenizer)
         self.moving_shapes = cfg.generator() if cfg.format == "embedded" else None
-        self.datasets: dict[str, PairDataset] = {}
 
     modalities = ("video", "text")
 

@@ -15,9 +15,12 @@ import torch.nn.functional as F
 
 from callbacks.metrics import (
     AlignmentUniformity,
+    ChoiceAccuracy,
     ModalityGap,
     RetrievalMetrics,
     ZeroShotAccuracy,
+    ZeroShotAUROC,
+    binary_auroc,
     first_occurrence,
 )
 
@@ -30,8 +33,7 @@ def make_pairs(num_images: int = 30, dim: int = 16, noise: float = 1.0, seed: in
     images = F.normalize(torch.randn(num_images, dim, generator=g, dtype=torch.float64), dim=1)
     item_id = torch.arange(num_images).repeat_interleave(CAPTIONS)
     text = F.normalize(
-        images[item_id]
-        + noise * torch.randn(len(item_id), dim, generator=g, dtype=torch.float64),
+        images[item_id] + noise * torch.randn(len(item_id), dim, generator=g, dtype=torch.float64),
         dim=1,
     )
     # ids need not be contiguous: spread them out
@@ -234,9 +236,87 @@ def test_zero_shot_accuracy_hand_count():
         ZeroShotAccuracy(3).update(logits, labels, index)
 
 
+def pairwise_auroc(scores: list[float], labels: list[int]) -> float:
+    """AUROC as the probability that a positive outscores a negative (ties count half)."""
+    pos = [s for s, y in zip(scores, labels, strict=True) if y == 1]
+    neg = [s for s, y in zip(scores, labels, strict=True) if y == 0]
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def test_binary_auroc_matches_pairwise_count_and_is_nan_for_one_class():
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randint(0, 6, (40,), generator=g).double()  # many ties
+    labels = torch.randint(0, 2, (40,), generator=g)
+    want = pairwise_auroc(scores.tolist(), labels.tolist())
+    assert float(binary_auroc(scores, labels)) == pytest.approx(want, abs=1e-6)
+    assert float(binary_auroc(-scores, labels)) == pytest.approx(1 - want, abs=1e-6)
+    assert math.isnan(float(binary_auroc(scores, torch.ones_like(labels))))
+
+
+def test_zero_shot_auroc_ignores_unknown_labels_and_padding():
+    scores = torch.tensor([0.9, 0.1, 0.8, 0.3, 0.5, 0.7])
+    labels = torch.tensor([1, 0, 1, -1, 0, 0])
+    metric = ZeroShotAUROC()
+    metric.update(scores, labels, torch.arange(6))
+    metric.update(scores[:2], labels[:2], torch.arange(2))  # a padded repeat of rows 0 and 1
+    known = labels >= 0
+    want = pairwise_auroc(scores[known].tolist(), labels[known].tolist())
+    assert float(metric.compute()) == pytest.approx(want)
+    with pytest.raises(ValueError, match="-1"):
+        ZeroShotAUROC().update(scores, labels + 1, torch.arange(6))
+
+
+def test_choice_accuracy_counts_strict_wins_and_pools_auroc():
+    positive = torch.tensor([0.9, 0.2, 0.5, 0.4])
+    negative = torch.tensor([0.1, 0.3, 0.5, 0.0])  # a win, a loss, a tie (wrong), a win
+    metric = ChoiceAccuracy()
+    metric.update(positive, negative, torch.tensor([4, 5, 6, 7]))
+    metric.update(positive[:1], negative[:1] + 5, torch.tensor([4]))  # duplicate id: dropped
+    out = metric.compute()
+    assert float(out["accuracy"]) == pytest.approx(50.0)
+    pooled = pairwise_auroc([*positive.tolist(), *negative.tolist()], [1] * 4 + [0] * 4)
+    assert float(out["auroc"]) == pytest.approx(pooled)
+    # a model blind to the difference scores both the same: 0 % strict wins, AUROC 0.5
+    blind = ChoiceAccuracy()
+    blind.update(positive, positive.clone(), torch.arange(4))
+    assert float(blind.compute()["accuracy"]) == 0.0
+    assert float(blind.compute()["auroc"]) == pytest.approx(0.5)
+
+
+def test_metric_names_follow_the_modalities():
+    rows = make_pairs(num_images=6)
+    retrieval = RetrievalMetrics(modalities=("video", "text"))
+    retrieval.update(*rows)
+    assert {"video_to_text/R1", "text_to_video/median_rank"} <= set(retrieval.compute())
+    uniformity = AlignmentUniformity(modalities=("audio", "video"))
+    uniformity.update(*rows)
+    assert set(uniformity.compute()) == {"alignment", "uniformity/audio", "uniformity/video"}
+
+
 def test_first_occurrence():
     ids = torch.tensor([5, 3, 5, 9, 3, 1])
     assert first_occurrence(ids).tolist() == [5, 1, 0, 3]
+
+
+def with_scores(rows):
+    """The rows plus two per-row scores for the choice and AUROC metrics: the true pair's
+    similarity and that of the row's image with another row's text."""
+    image, text = rows[0], rows[1]
+    return (*rows, (image * text).sum(1), (image * text.roll(1, 0)).sum(1))
+
+
+def all_metrics(rows, batch: int = 13) -> dict[str, float]:
+    """Every paired metric on ``with_scores`` rows, plus the choice metric and a yes/no AUROC
+    (label: the item id's parity)."""
+    image, text, item_id, index, positive, negative = rows
+    result = {}
+    for metric in (RetrievalMetrics(), AlignmentUniformity(), ModalityGap()):
+        result.update({k: float(v) for k, v in feed(metric, rows[:4], batch).items()})
+    choice = feed(ChoiceAccuracy(), (positive, negative, index), batch)
+    result.update({f"choice/{k}": float(v) for k, v in choice.items()})
+    result["auroc"] = float(feed(ZeroShotAUROC(), (positive, item_id % 2, index), batch))
+    return result
 
 
 def _shard_results(rank: int, world: int, port: int, rows) -> dict[str, float]:
@@ -249,17 +329,14 @@ def _shard_results(rank: int, world: int, port: int, rows) -> dict[str, float]:
         per_rank = -(-len(rows[0]) // world)
         padded = pad_like_sampler(rows, extra=per_rank * world - len(rows[0]))
         shard = tuple(r[rank::world] for r in padded)
-        result = {}
-        for metric in (RetrievalMetrics(), AlignmentUniformity(), ModalityGap()):
-            result.update({k: float(v) for k, v in feed(metric, shard, batch=4).items()})
-        return result
+        return all_metrics(shard, batch=4)
     finally:
         dist.destroy_process_group()
 
 
 def test_two_process_sync_equals_one_process():
     """This process is rank 0 and one spawned process rank 1 (one extra import, not two)."""
-    rows = make_pairs(num_images=9, seed=8)  # 45 rows: 23 per rank, one padded duplicate
+    rows = with_scores(make_pairs(num_images=9, seed=8))  # 45 rows: 23 per rank, one padded
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -270,7 +347,4 @@ def test_two_process_sync_equals_one_process():
     finally:
         other.join(timeout=60)
     assert other.exitcode == 0
-    want = {}
-    for metric in (RetrievalMetrics(), AlignmentUniformity(), ModalityGap()):
-        want.update({k: float(v) for k, v in feed(metric, rows).items()})
-    assert_dicts_close(got, want, tol=1e-9)
+    assert_dicts_close(got, all_metrics(rows), tol=1e-9)

@@ -19,18 +19,16 @@ once into ``<cache_root>/data/chest-<hash>`` (atomic rename) and later calls reu
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from datamodules.base import pack_strings
+from datamodules.embedded.cache import config_key, write_once
 
 GENERATOR_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -74,8 +72,7 @@ class ChestConfig:
 
     def key(self) -> str:
         """Short hash of the parameters and the generator version."""
-        blob = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return config_key(self, GENERATOR_VERSION)
 
 
 @dataclass(frozen=True)
@@ -536,28 +533,19 @@ def chest_dir(cfg: ChestConfig, cache_root: Path) -> Path:
 
 
 def ensure_chest(cfg: ChestConfig, cache_root: Path) -> Path:
-    """The cache directory of ``cfg``, generated first if absent (temporary sibling directory
-    renamed into place, so a directory under the final name is always complete)."""
-    target = chest_dir(cfg, cache_root)
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        for split in SPLITS:
-            images, arrays = generate_split(cfg, split)
-            np.save(tmp / f"{split}_images.npy", images)
-            np.savez(tmp / f"{split}.npz", **arrays)
-        meta = {"config": asdict(cfg), "version": GENERATOR_VERSION, "findings": FINDINGS}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():  # not a lost race with another writer
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """The cache directory of ``cfg``, generated first if absent (atomically: see
+    :func:`datamodules.embedded.cache.write_once`)."""
+    return write_once(chest_dir(cfg, cache_root), partial(_write_chest, cfg))
+
+
+def _write_chest(cfg: ChestConfig, directory: Path) -> None:
+    """Every split and a ``meta.json`` into ``directory``."""
+    for split in SPLITS:
+        images, arrays = generate_split(cfg, split)
+        np.save(directory / f"{split}_images.npy", images)
+        np.savez(directory / f"{split}.npz", **arrays)
+    meta = {"config": asdict(cfg), "version": GENERATOR_VERSION, "findings": FINDINGS}
+    (directory / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
 def load_split(directory: Path, split: str) -> ChestSplit:

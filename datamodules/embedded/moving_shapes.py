@@ -23,17 +23,15 @@ writes the splits once into ``<cache_root>/data/moving_shapes-<hash>`` (atomic r
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from datamodules.embedded.cache import config_key, write_once
 from datamodules.embedded.shapes import COLORS
 
 GENERATOR_VERSION = 1
@@ -94,8 +92,7 @@ class MovingShapesConfig:
 
     def key(self) -> str:
         """Short hash of the parameters and the generator version."""
-        blob = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return config_key(self, GENERATOR_VERSION)
 
 
 @dataclass(frozen=True)
@@ -362,28 +359,19 @@ def moving_shapes_dir(cfg: MovingShapesConfig, cache_root: Path) -> Path:
 
 
 def ensure_moving_shapes(cfg: MovingShapesConfig, cache_root: Path) -> Path:
-    """The cache directory of ``cfg``, generated first if absent (written into a temporary
-    sibling directory renamed into place, so a directory under the final name is complete)."""
-    target = moving_shapes_dir(cfg, cache_root)
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        for split in SPLITS:
-            frames, record = generate_split(cfg, split)
-            np.save(tmp / f"{split}_frames.npy", frames)
-            (tmp / f"{split}.json").write_text(json.dumps(record))
-        meta = {"config": asdict(cfg), "version": GENERATOR_VERSION, "prompts": zero_shot_prompts()}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():  # not a lost race with another writer
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """The cache directory of ``cfg``, generated first if absent (atomically: see
+    :func:`datamodules.embedded.cache.write_once`)."""
+    return write_once(moving_shapes_dir(cfg, cache_root), partial(_write_moving_shapes, cfg))
+
+
+def _write_moving_shapes(cfg: MovingShapesConfig, directory: Path) -> None:
+    """Every split and a ``meta.json`` into ``directory``."""
+    for split in SPLITS:
+        frames, record = generate_split(cfg, split)
+        np.save(directory / f"{split}_frames.npy", frames)
+        (directory / f"{split}.json").write_text(json.dumps(record))
+    meta = {"config": asdict(cfg), "version": GENERATOR_VERSION, "prompts": zero_shot_prompts()}
+    (directory / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
 def load_split(directory: Path, split: str) -> MovingShapesSplit:

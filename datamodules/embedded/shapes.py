@@ -18,18 +18,17 @@ splits once into ``<cache_root>/data/shapes-<hash>`` (atomic rename) and later c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from datamodules.embedded.cache import config_key, write_once
 
 GENERATOR_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -84,8 +83,7 @@ class ShapesConfig:
 
     def key(self) -> str:
         """Short hash of the parameters and the generator version."""
-        blob = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return config_key(self, GENERATOR_VERSION)
 
 
 @dataclass(frozen=True)
@@ -356,31 +354,19 @@ def shapes_dir(cfg: ShapesConfig, cache_root: Path) -> Path:
 
 
 def ensure_shapes(cfg: ShapesConfig, cache_root: Path) -> Path:
-    """The cache directory of ``cfg``, generated first if absent.
+    """The cache directory of ``cfg``, generated first if absent (atomically: see
+    :func:`datamodules.embedded.cache.write_once`)."""
+    return write_once(shapes_dir(cfg, cache_root), partial(_write_shapes, cfg))
 
-    Splits are written into a temporary sibling directory that is renamed into place, so a
-    directory under the final name is always complete, and concurrent writers cannot mix.
-    """
-    target = shapes_dir(cfg, cache_root)
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        for split in SPLITS:
-            images, record = generate_split(cfg, split)
-            np.save(tmp / f"{split}_images.npy", images)
-            (tmp / f"{split}.json").write_text(json.dumps(record))
-        meta = {"config": asdict(cfg), "version": GENERATOR_VERSION, "prompts": zero_shot_prompts()}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():  # not a lost race with another writer
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+def _write_shapes(cfg: ShapesConfig, directory: Path) -> None:
+    """Every split and a ``meta.json`` into ``directory``."""
+    for split in SPLITS:
+        images, record = generate_split(cfg, split)
+        np.save(directory / f"{split}_images.npy", images)
+        (directory / f"{split}.json").write_text(json.dumps(record))
+    meta = {"config": asdict(cfg), "version": GENERATOR_VERSION, "prompts": zero_shot_prompts()}
+    (directory / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
 def load_split(directory: Path, split: str) -> ShapesSplit:

@@ -19,15 +19,14 @@ splits once into ``<cache_root>/data/talking-<hash>`` (atomic rename) and later 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+
+from datamodules.embedded.cache import config_key, write_once
 
 GENERATOR_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -112,8 +111,7 @@ class TalkingConfig:
 
     def key(self) -> str:
         """Short hash of the parameters and the generator version."""
-        blob = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return config_key(self, GENERATOR_VERSION)
 
 
 @dataclass(frozen=True)
@@ -285,29 +283,20 @@ def talking_dir(cfg: TalkingConfig, cache_root: Path) -> Path:
 
 
 def ensure_talking(cfg: TalkingConfig, cache_root: Path) -> Path:
-    """The cache directory of ``cfg``, generated first if absent (written into a temporary
-    sibling directory renamed into place, so a directory under the final name is complete)."""
-    target = talking_dir(cfg, cache_root)
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        for split in SPLITS:
-            frames, audio, record = generate_split(cfg, split)
-            np.save(tmp / f"{split}_frames.npy", frames)
-            np.save(tmp / f"{split}_audio.npy", audio)
-            (tmp / f"{split}.json").write_text(json.dumps(record))
-        meta = {"config": asdict(cfg), "version": GENERATOR_VERSION, "vocab": list(VOCAB)}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():  # not a lost race with another writer
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """The cache directory of ``cfg``, generated first if absent (atomically: see
+    :func:`datamodules.embedded.cache.write_once`)."""
+    return write_once(talking_dir(cfg, cache_root), partial(_write_talking, cfg))
+
+
+def _write_talking(cfg: TalkingConfig, directory: Path) -> None:
+    """Every split and a ``meta.json`` into ``directory``."""
+    for split in SPLITS:
+        frames, audio, record = generate_split(cfg, split)
+        np.save(directory / f"{split}_frames.npy", frames)
+        np.save(directory / f"{split}_audio.npy", audio)
+        (directory / f"{split}.json").write_text(json.dumps(record))
+    meta = {"config": asdict(cfg), "version": GENERATOR_VERSION, "vocab": list(VOCAB)}
+    (directory / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
 def load_split(directory: Path, split: str) -> TalkingSplit:
