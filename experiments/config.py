@@ -190,9 +190,9 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 
 def _expected_type(err: ValidationError) -> str:
     msg = str(err.msg)
-    marker = "could not be converted to "
-    if marker in msg:
-        return msg.split(marker, 1)[1].split()[0].lower()
+    for marker in ("could not be converted to ", "is not a valid "):
+        if marker in msg:
+            return msg.split(marker, 1)[1].split()[0].lower()
     return msg.splitlines()[0]
 
 
@@ -224,6 +224,17 @@ def _field_names(schema: type, full_key: str) -> list[str]:
     return sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
 
 
+def _under(path: str, message: str) -> str:
+    """``message`` from a block's own check, placed under the block's key path: a message
+    that starts with a relative key (``frame.name: ...``) continues the path."""
+    if message.startswith(path):
+        return message
+    head = message.split(":", 1)[0]
+    if head and " " not in head:
+        return f"{path}.{message}"
+    return f"{path}: {message}"
+
+
 def _registered(registry: Registry, raw: Any, path: str) -> DictConfig:
     """A named block validated against its registered config dataclass."""
     if not isinstance(raw, dict) or "name" not in raw:
@@ -237,8 +248,13 @@ def _registered(registry: Registry, raw: Any, path: str) -> DictConfig:
         OmegaConf.to_object(cfg)  # runs the dataclass's own checks (__post_init__)
     except ValueError as err:
         message = str(err).splitlines()[0]
-        raise ConfigError(message if message.startswith(path) else f"{path}: {message}") from None
+        raise ConfigError(_under(path, message)) from None
     return cfg
+
+
+def article(word: str) -> str:
+    """``word`` with its indefinite article ("an image", "a text")."""
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
 def _tower(raw: Any, modality: str) -> DictConfig:
@@ -250,7 +266,7 @@ def _tower(raw: Any, modality: str) -> DictConfig:
         if name not in TOWERS.names():
             raise ConfigError(f"model.{modality}.name: unknown tower {name!r}; {known}")
         other = TOWERS.get(name).cls.modality
-        raise ConfigError(f"model.{modality}.name: {name!r} is a {other} tower; {known}")
+        raise ConfigError(f"model.{modality}.name: {name!r} is {article(other)} tower; {known}")
     return _registered(TOWERS, raw, f"model.{modality}")
 
 

@@ -77,7 +77,19 @@ def test_parse_overrides_types_and_nesting():
             "model.image.name=transformer",
             "model.image.name: 'transformer' is a text tower; image towers: cnn, vit",
         ),
-        ("data.name=imagenet", "data.name: unknown data 'imagenet'; known: image_text"),
+        (
+            "data.name=imagenet",
+            "data.name: unknown data 'imagenet'; known: audio_visual, image_text, "
+            "medical_report, video_text",
+        ),
+        ("model.audio.name=cnn", "model.audio.name: 'cnn' is an image tower; audio towers"),
+        (
+            "model.video.frame.name=transformer",
+            "model.video.frame.name: 'transformer' is not an image tower",
+        ),
+        ("model.video.temporal=lstm", "model.video.temporal: expected one of"),
+        ("model.video.frame.channelz=3", "model.video.frame.channelz: Key 'channelz'"),
+        ("data.train_pairs=all", "data.train_pairs must be one of"),
     ],
 )
 def test_errors_name_the_key_path(override, message):

@@ -99,7 +99,7 @@ def test_video_tower_rejects_bad_input_and_config():
         tower({"video": torch.randn(1, 7, 1, 16, 16)})
     with pytest.raises(ValueError, match="temporal"):
         FramesConfig(temporal="lstm")
-    with pytest.raises(ValueError, match="frame.name: 'transformer' is a text tower"):
+    with pytest.raises(ValueError, match="frame.name: 'transformer' is not an image tower"):
         FramesConfig(frame={"name": "transformer"})
     with pytest.raises(ValueError, match="frame.channelz"):
         FramesConfig(frame={"name": "cnn", "channelz": [8]})

@@ -1,5 +1,10 @@
 """Video tower: an image tower applied to every frame, then a temporal model over the frames.
 
+``spatial: flatten`` turns each frame's feature map (the image tower's tokens) into the frame
+embedding with one linear layer over all positions, so the embedding says *where* things are
+and the temporal model can see motion; ``spatial: pooled`` uses the image tower's pooled output,
+which for the CNN is a spatial mean: position is lost and a moving shape looks the same in
+every frame.
 ``temporal: transformer`` adds learned time embeddings and a small pre-norm transformer with a
 [CLS] token, so the embedding can depend on frame order (direction of motion, which event came
 first). ``temporal: mean`` averages the frame embeddings: order-invariant by construction, the
@@ -21,6 +26,7 @@ from modules.towers.layers import TransformerConfig, projection_head, transforme
 from modules.towers.output import TowerOutput
 
 TEMPORAL = ("transformer", "mean")
+SPATIAL = ("flatten", "pooled")
 
 
 @dataclass
@@ -30,12 +36,15 @@ class FramesConfig(TransformerConfig):
 
     name: str = "frames"
     frame: Any = field(default_factory=lambda: {"name": "cnn", "channels": [16, 32, 64, 128]})
+    spatial: str = "flatten"
     temporal: str = "transformer"
     key: str = "video"
 
     def __post_init__(self) -> None:
         if self.temporal not in TEMPORAL:
             raise ValueError(f"temporal: expected one of {TEMPORAL}, got {self.temporal!r}")
+        if self.spatial not in SPATIAL:
+            raise ValueError(f"spatial: expected one of {SPATIAL}, got {self.spatial!r}")
         frame_config(self.frame)
 
 
@@ -48,7 +57,7 @@ def frame_config(frame: Any) -> Any:
     except UnknownNameError as err:
         raise ValueError(f"frame.name: {err}") from None
     if entry.cls.modality != "image":
-        raise ValueError(f"frame.name: {frame['name']!r} is a {entry.cls.modality} tower")
+        raise ValueError(f"frame.name: {frame['name']!r} is not an image tower")
     try:
         return as_dataclass(entry.config, frame)
     except OmegaConfBaseException as err:
@@ -57,7 +66,8 @@ def frame_config(frame: Any) -> Any:
 
 @TOWERS.register("frames", FramesConfig)
 class FramesTower(nn.Module):
-    """``video`` [B, T, C, S, S] -> per-frame image tower -> temporal model -> pooled [B, D].
+    """``video`` [B, T, C, S, S] -> per-frame image tower -> frame embedding (flattened
+    feature map or pooled) -> temporal model -> pooled [B, D].
 
     Tokens are the T frame embeddings after the temporal model (projected to D).
     """
@@ -68,6 +78,12 @@ class FramesTower(nn.Module):
         super().__init__()
         self.key = cfg.key
         self.frame = build_tower(frame_config(cfg.frame), cfg.width, context)
+        self.spatial = None
+        if cfg.spatial == "flatten":
+            probe = torch.zeros(1, context.in_channels, context.image_size, context.image_size)
+            with torch.no_grad():
+                positions = self.frame({self.frame.key: probe}).tokens.shape[1]
+            self.spatial = nn.Linear(positions * cfg.width, cfg.width)
         self.temporal = cfg.temporal
         if cfg.temporal == "transformer":
             self.cls = nn.Parameter(torch.zeros(1, 1, cfg.width))
@@ -83,7 +99,11 @@ class FramesTower(nn.Module):
                 f"{self.key}: expected [B, T, C, H, W], got shape {tuple(video.shape)}"
             )
         b, t = video.shape[:2]
-        frames = self.frame({self.frame.key: video.flatten(0, 1)}).pooled.view(b, t, -1)
+        out = self.frame({self.frame.key: video.flatten(0, 1)})
+        if self.spatial is None:
+            frames = out.pooled.view(b, t, -1)
+        else:
+            frames = self.spatial(out.tokens.reshape(b, t, -1))
         if self.temporal == "mean":
             x = self.norm(frames)
             return TowerOutput(self.head(x.mean(dim=1)), self.head(x), None)
