@@ -20,7 +20,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from modules.towers.tokenizer import WordTokenizer
 
@@ -173,6 +173,34 @@ class TokenizeCollate:
         return batch
 
 
+class SiblingShuffle(Sampler[int]):
+    """A fresh random order of the items every epoch in which the two items of each
+    hard-negative sibling pair (``sibling[i]``: the other item, -1 for none) come one after the
+    other, so they nearly always share a training batch: the contrastive loss then has to tell
+    them apart (e.g. a clip from the same clip played backwards), which random batches almost
+    never ask. Deterministic from ``seed``."""
+
+    def __init__(self, sibling: np.ndarray, seed: int) -> None:
+        self.sibling = np.asarray(sibling, dtype=np.int64)
+        self.generator = torch.Generator().manual_seed(seed)
+        items = np.arange(len(self.sibling))
+        lead = (self.sibling < 0) | (self.sibling > items)  # a single, or a pair's first
+        self.groups = [
+            (int(i),) if self.sibling[i] < 0 else (int(i), int(self.sibling[i]))
+            for i in items[lead]
+        ]
+
+    def __len__(self) -> int:
+        return len(self.sibling)
+
+    def __iter__(self):
+        for g in torch.randperm(len(self.groups), generator=self.generator).tolist():
+            group = self.groups[g]
+            if len(group) == 2 and torch.rand((), generator=self.generator).item() < 0.5:
+                group = group[::-1]
+            yield from group
+
+
 class PairDataModule(L.LightningDataModule):
     """Splits, tokenizer and loaders shared by every paired-modality datamodule.
 
@@ -272,10 +300,16 @@ class PairDataModule(L.LightningDataModule):
                 f"train split has {len(dataset)} samples, fewer than batch_size "
                 f"{self.batch_size}: every batch would be dropped"
             )
+        sampler = None
+        if train and getattr(self.cfg, "sibling_batches", False):
+            sampler = SiblingShuffle(
+                self._siblings.get(split, np.full(len(dataset), -1)), self.seed
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

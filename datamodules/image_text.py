@@ -69,6 +69,8 @@ class ImageTextDataConfig:
     num_test: int = 1000
     hard_negative_fraction: float = 0.25
     train_pairs: str = "image"  # image: one random caption per image per epoch | caption: all
+    # train batches keep each hard-negative sibling pair together (needs train_pairs: image)
+    sibling_batches: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache_dir: str | None = None
     seed: int = 0
@@ -78,6 +80,8 @@ class ImageTextDataConfig:
             raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
         if self.train_pairs not in TRAIN_PAIRS:
             raise ValueError(f"data.train_pairs must be one of {TRAIN_PAIRS}")
+        if self.sibling_batches and self.train_pairs != "image":
+            raise ValueError("data.sibling_batches needs data.train_pairs: image")
         if self.format != "embedded" and not self.root:
             raise ValueError(f"data.format {self.format!r} needs data.root")
 

@@ -76,6 +76,8 @@ class VideoTextDataConfig:
     num_test: int = 500
     sibling_fraction: float = 0.25
     train_pairs: str = "image"  # image: one random caption per clip per epoch | caption: all
+    # train batches keep each hard-negative sibling pair together (needs train_pairs: image)
+    sibling_batches: bool = False
     shuffle_frames: bool = False  # the time-shuffled ablation
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache_dir: str | None = None
@@ -86,6 +88,8 @@ class VideoTextDataConfig:
             raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
         if self.train_pairs not in TRAIN_PAIRS:
             raise ValueError(f"data.train_pairs must be one of {TRAIN_PAIRS}")
+        if self.sibling_batches and self.train_pairs != "image":
+            raise ValueError("data.sibling_batches needs data.train_pairs: image")
         if self.format != "embedded" and not self.root:
             raise ValueError(f"data.format {self.format!r} needs data.root")
         if self.num_frames < 1 or self.frame_size < 1:

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from datamodules import ImageTextDataConfig, ImageTextDataModule
+from datamodules.base import SiblingShuffle
 from datamodules.embedded import shapes
 from datamodules.embedded.shapes import COLORS, SHAPES, ShapesConfig, generate_split
 from modules.registry import DATAMODULES
@@ -424,3 +425,29 @@ def _tokenizer():
     from modules.towers.tokenizer import WordTokenizer
 
     return WordTokenizer.build(["red green blue"], max_len=8)
+
+
+def test_sibling_shuffle_keeps_pairs_adjacent_and_reshuffles():
+    sibling = np.array([3, -1, 5, 0, -1, 2, -1, 8, 7])  # pairs (0, 3), (2, 5), (7, 8)
+    sampler = SiblingShuffle(sibling, seed=1)
+    epochs = [list(sampler) for _ in range(4)]
+    for order in epochs:
+        assert sorted(order) == list(range(9))  # every item once
+        position = {item: k for k, item in enumerate(order)}
+        for a, b in ((0, 3), (2, 5), (7, 8)):
+            assert abs(position[a] - position[b]) == 1
+    assert len({tuple(o) for o in epochs}) > 1  # a new order every epoch
+    assert [list(SiblingShuffle(sibling, seed=1)) for _ in range(2)][0] == epochs[0]
+
+
+def test_sibling_batches_put_hard_negatives_in_one_batch(cache):
+    cfg = ImageTextDataConfig(num_train=64, num_val=8, num_test=8, batch_size=16)
+    dm = ImageTextDataModule(replace(cfg, sibling_batches=True))
+    dm.setup("fit")
+    pairs = dm.hard_negatives("train")
+    assert len(pairs) >= 4
+    batches = [set(b["item_id"].tolist()) for b in dm.train_dataloader()]
+    together = sum(any({a, b} <= batch for batch in batches) for a, b in pairs.tolist())
+    assert together >= len(pairs) - len(batches)  # only a pair cut by a batch boundary splits
+    with pytest.raises(ValueError, match="sibling_batches needs data.train_pairs: image"):
+        ImageTextDataConfig(sibling_batches=True, train_pairs="caption")
