@@ -279,13 +279,16 @@ class ZeroShotAUROC(Metric):
 class ChoiceAccuracy(Metric):
     """Two-alternative choice between a sample's true pair and a wrong candidate (a shifted
     clip, another face): ``accuracy`` is the percentage of samples whose true pair scores
-    strictly higher (ties count as wrong); ``auroc`` pools all true and wrong pairs and asks
-    whether one threshold on the score separates them ("is this pair in sync?")."""
+    higher by more than ``tie_tolerance`` (ties count as wrong: a model blind to the difference
+    scores 0, not 50, even when float rounding separates its two equal scores); ``auroc`` pools
+    all true and wrong pairs and asks whether one threshold on the score separates them ("is
+    this pair in sync?")."""
 
     full_state_update = False
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, tie_tolerance: float = 1e-5, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.tie_tolerance = tie_tolerance
         for name in ("positive", "negative", "index"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
@@ -302,6 +305,6 @@ class ChoiceAccuracy(Metric):
         positive, negative = dim_zero_cat(self.positive)[rows], dim_zero_cat(self.negative)[rows]
         labels = torch.cat([torch.ones_like(positive), torch.zeros_like(negative)])
         return {
-            "accuracy": 100.0 * (positive > negative).float().mean(),
+            "accuracy": 100.0 * (positive - negative > self.tie_tolerance).float().mean(),
             "auroc": binary_auroc(torch.cat([positive, negative]), labels),
         }

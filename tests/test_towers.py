@@ -72,23 +72,37 @@ def test_text_tower_ignores_padding(pooling):
     assert not torch.allclose(tower(other).pooled, a.pooled)
 
 
-def _frames_tower(temporal: str) -> torch.nn.Module:
+def _frames_tower(temporal: str, motion: bool = True) -> torch.nn.Module:
     cfg = FramesConfig(
-        frame={"name": "cnn", "channels": [8, 16]}, temporal=temporal, width=32, depth=1, heads=2
+        frame={"name": "cnn", "channels": [8, 16]},
+        temporal=temporal,
+        motion=motion,
+        width=32,
+        depth=1,
+        heads=2,
     )
     return build_tower(cfg, 24, TowerContext(image_size=16, in_channels=1, num_frames=6)).eval()
 
 
-def test_video_tower_order_matters_only_with_the_temporal_transformer():
+@pytest.mark.parametrize(
+    ("temporal", "motion", "order_sensitive"),
+    [
+        ("transformer", False, True),
+        ("transformer", True, True),
+        ("mean", False, False),
+        ("mean", True, True),
+    ],
+)
+def test_video_tower_sees_frame_order_through_time_embeddings_or_motion(
+    temporal, motion, order_sensitive
+):
     torch.manual_seed(0)
     video = torch.randn(2, 6, 1, 16, 16)
-    reversed_video = video.flip(1)
-    for temporal, order_sensitive in (("transformer", True), ("mean", False)):
-        tower = _frames_tower(temporal)
-        out = tower({"video": video})
-        assert out.pooled.shape == (2, 24) and out.tokens.shape == (2, 6, 24)
-        changed = not torch.allclose(tower({"video": reversed_video}).pooled, out.pooled, atol=1e-5)
-        assert changed == order_sensitive, temporal
+    tower = _frames_tower(temporal, motion)
+    out = tower({"video": video})
+    assert out.pooled.shape == (2, 24) and out.tokens.shape == (2, 6, 24)
+    changed = not torch.allclose(tower({"video": video.flip(1)}).pooled, out.pooled, atol=1e-5)
+    assert changed == order_sensitive
 
 
 def test_video_tower_rejects_bad_input_and_config():

@@ -4,7 +4,9 @@
 embedding with one linear layer over all positions, so the embedding says *where* things are
 and the temporal model can see motion; ``spatial: pooled`` uses the image tower's pooled output,
 which for the CNN is a spatial mean: position is lost and a moving shape looks the same in
-every frame.
+every frame. ``motion: true`` gives the temporal model each frame's change from the previous
+frame next to the frame itself (as RGB-difference streams do, Wang et al. 2016, TSN): played
+backwards, every change flips sign, so order is explicit rather than left to the time embeddings.
 ``temporal: transformer`` adds learned time embeddings and a small pre-norm transformer with a
 [CLS] token, so the embedding can depend on frame order (direction of motion, which event came
 first). ``temporal: mean`` averages the frame embeddings: order-invariant by construction, the
@@ -37,6 +39,7 @@ class FramesConfig(TransformerConfig):
     name: str = "frames"
     frame: Any = field(default_factory=lambda: {"name": "cnn", "channels": [16, 32, 64, 128]})
     spatial: str = "flatten"
+    motion: bool = True
     temporal: str = "transformer"
     key: str = "video"
 
@@ -84,6 +87,7 @@ class FramesTower(nn.Module):
             with torch.no_grad():
                 positions = self.frame({self.frame.key: probe}).tokens.shape[1]
             self.spatial = nn.Linear(positions * cfg.width, cfg.width)
+        self.motion = nn.Linear(2 * cfg.width, cfg.width) if cfg.motion else None
         self.temporal = cfg.temporal
         if cfg.temporal == "transformer":
             self.cls = nn.Parameter(torch.zeros(1, 1, cfg.width))
@@ -104,6 +108,9 @@ class FramesTower(nn.Module):
             frames = out.pooled.view(b, t, -1)
         else:
             frames = self.spatial(out.tokens.reshape(b, t, -1))
+        if self.motion is not None:
+            change = torch.cat([torch.zeros_like(frames[:, :1]), frames.diff(dim=1)], dim=1)
+            frames = self.motion(torch.cat([frames, change], dim=-1))
         if self.temporal == "mean":
             x = self.norm(frames)
             return TowerOutput(self.head(x.mean(dim=1)), self.head(x), None)
