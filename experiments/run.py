@@ -47,16 +47,13 @@ def main(argv: list[str]) -> int:
 
 def summarise(results: list, seconds: float) -> None:
     """Print each stage's headline test metrics and where its run is."""
-    keys = (
-        "test/retrieval/image_to_text/R1",
-        "test/retrieval/text_to_image/R1",
-        "test/modality_gap",
-        "test/alignment",
-    )
+    headline = ("/R1", "/modality_gap", "/alignment", "/accuracy", "/mean_auroc")
     print(f"\nfinished in {seconds:.0f} s")
     for result in results:
         shown = ", ".join(
-            f"{k.split('/', 1)[1]}={result.metrics[k]:.3f}" for k in keys if k in result.metrics
+            f"{k.split('/', 1)[1]}={value:.3f}"
+            for k, value in result.metrics.items()
+            if k.startswith("test/") and k.endswith(headline)
         )
         origin = "reused" if result.cached else f"{result.seconds:.0f} s"
         print(f"  {result.name} [{result.hash}, {origin}]: {shown}")
