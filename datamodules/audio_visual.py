@@ -49,6 +49,7 @@ from modules.registry import DATAMODULES
 from modules.towers.tokenizer import WordTokenizer, split_words
 
 FORMATS = ("embedded", "lrs")
+DISTRACTORS = ("other", "same")
 UNKNOWN_WORD = "<unk>"
 
 
@@ -88,6 +89,9 @@ class AudioVisualDataConfig:
     num_val: int = 500
     num_test: int = 500
     num_speakers: int = 8
+    # video_distractor: "other" speaker (another face: identity alone can tell) or the "same"
+    # speaker saying other words (only the mouth's motion can tell)
+    distractor: str = "other"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache_dir: str | None = None
     seed: int = 0
@@ -97,6 +101,8 @@ class AudioVisualDataConfig:
             raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
         if self.format != "embedded" and not self.root:
             raise ValueError(f"data.format {self.format!r} needs data.root")
+        if self.distractor not in DISTRACTORS:
+            raise ValueError(f"data.distractor must be one of {DISTRACTORS}")
         if not 1 <= self.min_shift <= self.max_shift:
             raise ValueError("data.min_shift must be >= 1 and <= data.max_shift")
         if self.sample_rate % self.fps or self.samples_per_frame % self.hop_length:
@@ -192,14 +198,23 @@ def _audio_window(wave: np.ndarray, start: int, length: int) -> np.ndarray:
 
 
 def pick_distractor(
-    item: int, speaker: np.ndarray, words: np.ndarray, draw: Callable[[], int]
+    item: int,
+    speaker: np.ndarray,
+    words: np.ndarray,
+    draw: Callable[[], int],
+    same_speaker: bool = False,
 ) -> int:
-    """A clip id from ``draw()`` whose speaker and words both differ from ``item``'s."""
-    for _ in range(1000):
+    """A clip id from ``draw()`` whose words differ from ``item``'s, spoken by another speaker
+    (or, with ``same_speaker``, by the same one: then only the mouth's motion tells them
+    apart, not the face)."""
+    for _ in range(10000):
         j = draw()
-        if speaker[j] != speaker[item] and not np.array_equal(words[j], words[item]):
+        if (speaker[j] == speaker[item]) == same_speaker and not np.array_equal(
+            words[j], words[item]
+        ):
             return j
-    raise RuntimeError(f"no clip of another speaker with other words found for item {item}")
+    who = "the same" if same_speaker else "another"
+    raise RuntimeError(f"no clip of {who} speaker with other words found for item {item}")
 
 
 def eval_draws(
@@ -210,7 +225,8 @@ def eval_draws(
     sizes = rng.integers(cfg.min_shift, cfg.max_shift + 1, num)
     offsets = sizes * rng.choice(np.array([-1, 1]), num)
     distractors = [
-        pick_distractor(i, speaker, words, lambda: int(rng.integers(num))) for i in range(num)
+        pick_distractor(i, speaker, words, lambda: int(rng.integers(num)), cfg.distractor == "same")
+        for i in range(num)
     ]
     return offsets.astype(np.int64), np.array(distractors, dtype=np.int64)
 
@@ -239,7 +255,11 @@ class LoadTalking:
         sign = 1 if torch.rand(()).item() < 0.5 else -1
         n = len(self.speaker)
         j = pick_distractor(
-            item, self.speaker, self.words, lambda: int(torch.randint(n, ()).item())
+            item,
+            self.speaker,
+            self.words,
+            lambda: int(torch.randint(n, ()).item()),
+            cfg.distractor == "same",
         )
         return sign * size, j
 
@@ -372,7 +392,7 @@ class AudioVisualDataModule(PairDataModule):
     def _dataset(self, split: str) -> PairDataset:
         train = split == "train"
         captions, clips, speaker = self._source(split)
-        if len(np.unique(speaker)) < 2:
+        if self.cfg.distractor == "other" and len(np.unique(speaker)) < 2:
             raise ValueError(f"{split} split has one speaker; distractors need at least two")
         words = word_ids(captions.all_texts(), self.word_vocab, self.cfg.max_words)
         fixed = None if train else eval_draws(len(speaker), speaker, words, self.cfg, split)

@@ -509,3 +509,17 @@ def test_lrs_corrupt_or_short_clip_is_a_media_error(lrs_root, tmp_path):
         dm = AudioVisualDataModule(_lrs_cfg(lrs_root, fps=25))
         dm.setup("fit")
         dm.datasets["train"].load.clips(0)
+
+
+def test_same_speaker_distractors_differ_only_in_what_is_said(cache):
+    dm = _dm(distractor="same", num_speakers=2)
+    data = talking.load_split(talking.talking_dir(dm.talking, cache_root()), "val")
+    window = np.asarray(data.frames[:, MARGIN : MARGIN + T], dtype=np.float32) / 127.5 - 1
+    batch = next(iter(dm.val_dataloader()))
+    for k, item in enumerate(batch["item_id"].tolist()):
+        distractor = batch["video_distractor"][k, :, 0].numpy()
+        match = np.flatnonzero((np.abs(window - distractor) < 1e-6).all(axis=(1, 2, 3)))
+        assert len(match) >= 1 and data.speaker[match[0]] == data.speaker[item]
+        assert data.words[match[0]] != data.words[item]
+    with pytest.raises(ValueError, match="data.distractor must be one of"):
+        AudioVisualDataConfig(distractor="nobody")
