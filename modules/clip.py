@@ -23,7 +23,14 @@ from modules.towers.output import TowerOutput
 class CLIPConfig(MethodConfig):
     name: str = "clip"
     label_smoothing: float = 0.0
+    # compute the loss in tiles of at most this many logits (None: the whole B x B matrix);
+    # same value and gradients, memory O(chunk_elements) instead of O(B^2)
+    chunk_elements: int | None = None
     loss_weights: dict[str, float] = field(default_factory=lambda: {"clip": 1.0})
+
+    def __post_init__(self) -> None:
+        if self.chunk_elements is not None and self.chunk_elements < 1:
+            raise ValueError(f"chunk_elements: must be positive, got {self.chunk_elements}")
 
 
 @METHODS.register("clip", CLIPConfig)
@@ -43,5 +50,6 @@ class CLIP(DualTowerModule):
             self.scale,
             ids=batch["item_id"],
             label_smoothing=self.method_cfg.label_smoothing,
+            block_elements=self.method_cfg.chunk_elements,
         )
         return {"clip": loss}

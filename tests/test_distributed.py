@@ -57,13 +57,22 @@ def _loss(case: str, t: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Ten
             return clip_loss(image, text, scale)
         if case == "clip_diagonal_smooth":
             return clip_loss(image, text, scale, label_smoothing=0.1)
+        if case == "clip_multi_chunked":  # tiles of 3 logits: several per row and column
+            return clip_loss(image, text, scale, ids=ids, label_smoothing=0.1, block_elements=3)
         return clip_loss(image, text, scale, ids=ids, label_smoothing=0.1)
     if case == "hycd_diagonal":
         return hycd_loss(image, text, t["teacher_image"], t["teacher_text"], alpha=0.5, t_kd=1.0)
     return hycd_loss(image, text, t["teacher_image"], t["teacher_text"], 0.3, 2.0, ids=ids)
 
 
-CASES = ("clip_diagonal", "clip_diagonal_smooth", "clip_multi", "hycd_diagonal", "hycd_multi")
+CASES = (
+    "clip_diagonal",
+    "clip_diagonal_smooth",
+    "clip_multi",
+    "clip_multi_chunked",
+    "hycd_diagonal",
+    "hycd_multi",
+)
 
 
 def _loss_and_grads(case: str, rows: slice) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from modules.distributed import gather_no_grad, gather_with_grad, rank, world_size
+from modules.losses.chunked import chunked_soft_cross_entropy
 
 
 def positive_mask(row_ids: Tensor, col_ids: Tensor) -> Tensor:
@@ -67,16 +68,27 @@ def clip_loss(
     logit_scale: Tensor | float,
     ids: Tensor | None = None,
     label_smoothing: float = 0.0,
+    block_elements: int | None = None,
 ) -> Tensor:
     """Symmetric InfoNCE `1/2 [InfoNCE_{I->T} + InfoNCE_{T->I}]` with logits `scale * <i, t>`.
 
     `image`, `text`: local [B, D] features, L2-normalised by the caller. `logit_scale`: 1/tau,
     already exponentiated. `ids` [B]: equal ids are positives (targets uniform over them);
     `None` means the diagonal. Under DDP: local rows x gathered global columns, each
-    direction averaged over the local rows.
+    direction averaged over the local rows. `block_elements`: compute each direction in tiles
+    of at most that many logits (chunked.py), never holding the B x B matrix; same value and
+    gradients.
     """
     assert image.shape == text.shape, f"image {tuple(image.shape)} vs text {tuple(text.shape)}"
     batch = image.shape[0]
+    if block_elements is not None:
+        rows, cols = row_and_column_ids(ids, batch, image.device)
+        return 0.5 * sum(
+            chunked_soft_cross_entropy(
+                a, gather_with_grad(b), logit_scale, rows, cols, label_smoothing, block_elements
+            )
+            for a, b in ((image, text), (text, image))
+        )
     logits_i2t = logit_scale * image @ gather_with_grad(text).T
     logits_t2i = logit_scale * text @ gather_with_grad(image).T
     if ids is None:
