@@ -63,7 +63,8 @@ def test_parse_overrides_types_and_nesting():
     [
         (
             "method.alpha=0.3",
-            "method.alpha: unknown key (known: label_smoothing, loss_weights, name)",
+            "method.alpha: unknown key "
+            "(known: chunk_elements, label_smoothing, loss_weights, name)",
         ),
         ("method.label_smoothing=abc", "method.label_smoothing: expected float, got 'abc'"),
         ("optim.lr=fast", "optim.lr: expected float, got 'fast'"),
@@ -177,5 +178,6 @@ def test_cli_exit_code_2_without_traceback():
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "config error: method.alpha: unknown key (known: label_smoothing, loss_weights, name)"
+        "config error: method.alpha: unknown key "
+        "(known: chunk_elements, label_smoothing, loss_weights, name)"
     ]
