@@ -97,20 +97,23 @@ class RetrievalMetrics(_PairedEmbeddings):
     scoring at least as high as its best positive, so collapsed embeddings cannot score well,
     while captions that tie with each other do not push their image down.
     Every score a query is compared with comes from the same similarity product as the score of
-    its positive, so exact ties stay exact. Ranks are computed in blocks of ``block_size`` query
-    rows, so memory is O(block_size * N); each direction does its own product.
+    its positive, so exact ties stay exact. Ranks are computed in blocks of at most
+    ``block_size`` query rows and ``block_elements`` scores, so memory stays bounded however
+    large N is; each direction does its own product.
     """
 
     def __init__(
         self,
         ks: tuple[int, ...] = (1, 5, 10),
         block_size: int = 1024,
+        block_elements: int = 1 << 24,
         modalities: tuple[str, str] = ("image", "text"),
         **kwargs,
     ) -> None:
         super().__init__(modalities, **kwargs)
         self.ks = tuple(ks)
         self.block_size = block_size
+        self.block_elements = block_elements
 
     def compute(self) -> dict[str, Tensor]:
         distinct = self._distinct()
@@ -119,26 +122,37 @@ class RetrievalMetrics(_PairedEmbeddings):
         backward = _rank_summary(self._caption_to_item_ranks(*distinct), self.ks, f"{b}_to_{a}")
         return forward | backward
 
+    def _rows_per_block(self, columns: int) -> int:
+        return max(1, min(self.block_size, self.block_elements // max(columns, 1)))
+
     def _item_to_caption_ranks(self, item: Tensor, caption: Tensor, caption_item: Tensor) -> Tensor:
+        """Per item: 1 + the number of non-captions scoring at least as high as its best
+        caption, i.e. (scores >= best).sum() minus its own captions that reach ``best``."""
         ranks = []
-        for start in range(0, len(item), self.block_size):
-            stop = min(start + self.block_size, len(item))
+        rows = self._rows_per_block(len(caption))
+        for start in range(0, len(item), rows):
+            stop = min(start + rows, len(item))
             sims = item[start:stop] @ caption.T
-            rows = torch.arange(start, stop, device=item.device)
-            negative = caption_item[None, :] != rows[:, None]
-            best = sims.masked_fill(negative, -math.inf).max(dim=1, keepdim=True).values
-            ranks.append(1 + ((sims >= best) & negative).sum(dim=1))
+            mine = torch.nonzero((caption_item >= start) & (caption_item < stop)).squeeze(1)
+            owner = caption_item[mine] - start
+            own = sims[owner, mine]  # each caption's score with its item, from the same product
+            best = torch.full((stop - start,), -math.inf, dtype=sims.dtype, device=sims.device)
+            best = best.scatter_reduce(0, owner, own, reduce="amax")
+            tied = torch.zeros(stop - start, dtype=torch.long, device=sims.device)
+            tied = tied.scatter_add(0, owner, (own >= best[owner]).long())
+            ranks.append(1 + (sims >= best[:, None]).count_nonzero(dim=1) - tied)
         return torch.cat(ranks)
 
     def _caption_to_item_ranks(self, item: Tensor, caption: Tensor, caption_item: Tensor) -> Tensor:
+        """Per caption: 1 + the number of other items scoring at least as high as its own
+        (its own column always counts in ``sims >= own``)."""
         ranks = []
-        for start in range(0, len(caption), self.block_size):
-            stop = min(start + self.block_size, len(caption))
+        rows = self._rows_per_block(len(item))
+        for start in range(0, len(caption), rows):
+            stop = min(start + rows, len(caption))
             sims = caption[start:stop] @ item.T
-            own_column = caption_item[start:stop, None]
-            own = sims.gather(1, own_column)
-            negative = torch.arange(len(item), device=item.device)[None, :] != own_column
-            ranks.append(1 + ((sims >= own) & negative).sum(dim=1))
+            own = sims.gather(1, caption_item[start:stop, None])
+            ranks.append((sims >= own).count_nonzero(dim=1))
         return torch.cat(ranks)
 
 

@@ -103,6 +103,8 @@ def test_retrieval_matches_brute_force(noise):
     rows = make_pairs(noise=noise)
     want = reference_retrieval(rows)
     assert_dicts_close(feed(RetrievalMetrics(block_size=7), rows), want)
+    # an element budget smaller than one row of scores: one query row per block
+    assert_dicts_close(feed(RetrievalMetrics(block_elements=20), rows), want)
 
 
 def test_retrieval_drops_padded_duplicates_and_ignores_order():
