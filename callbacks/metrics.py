@@ -130,9 +130,10 @@ class RetrievalMetrics(_PairedEmbeddings):
         caption, i.e. (scores >= best).sum() minus its own captions that reach ``best``."""
         ranks = []
         rows = self._rows_per_block(len(caption))
+        columns = caption.T.contiguous()  # once, not a fresh transposed copy per block
         for start in range(0, len(item), rows):
             stop = min(start + rows, len(item))
-            sims = item[start:stop] @ caption.T
+            sims = item[start:stop] @ columns
             mine = torch.nonzero((caption_item >= start) & (caption_item < stop)).squeeze(1)
             owner = caption_item[mine] - start
             own = sims[owner, mine]  # each caption's score with its item, from the same product
@@ -148,9 +149,10 @@ class RetrievalMetrics(_PairedEmbeddings):
         (its own column always counts in ``sims >= own``)."""
         ranks = []
         rows = self._rows_per_block(len(item))
+        columns = item.T.contiguous()
         for start in range(0, len(caption), rows):
             stop = min(start + rows, len(caption))
-            sims = caption[start:stop] @ item.T
+            sims = caption[start:stop] @ columns
             own = sims.gather(1, caption_item[start:stop, None])
             ranks.append((sims >= own).count_nonzero(dim=1))
         return torch.cat(ranks)
