@@ -77,54 +77,39 @@ def build_transforms(steps: Sequence[Mapping[str, Any]] | None) -> A.Compose | N
     return A.Compose([build_step(step) for step in steps])
 
 
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """HWC uint8 -> CHW float32 in [-1, 1] (copies read-only input such as a memory map)."""
-    array = np.require(image, requirements=("C", "W"))
-    return torch.from_numpy(array).permute(2, 0, 1).float() / 127.5 - 1.0
+def to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """HWC (or a clip's THWC) uint8 -> CHW (TCHW) float32 in [-1, 1] (copies read-only input
+    such as a memory map)."""
+    array = np.require(pixels, requirements=("C", "W"))
+    return torch.from_numpy(array).movedim(-1, -3).float() / 127.5 - 1.0
 
 
 class ImageTransform:
-    """Augment (optional) then convert; checks that the augmentation kept the image shape, so
-    a batch can be stacked."""
+    """Augment (optional) then convert; checks that the augmentation kept the shape, so a
+    batch can be stacked."""
+
+    target, noun, ndim = "image", "image", None
 
     def __init__(self, steps: Sequence[Mapping[str, Any]] | None = None) -> None:
         self.pipeline = build_transforms(steps)
 
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
+    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
+        if self.ndim is not None and pixels.ndim != self.ndim:
+            raise ValueError(f"expected a {self.noun} of {self.ndim} axes, got {pixels.shape}")
         if self.pipeline is not None:
-            out = self.pipeline(image=np.asarray(image))["image"]
-            if out.shape != image.shape:
+            out = self.pipeline(**{self.target: np.asarray(pixels)})[self.target]
+            if out.shape != pixels.shape:
                 raise ValueError(
-                    f"augmentation changed the image shape {image.shape} -> {out.shape}; "
+                    f"augmentation changed the {self.noun} shape {pixels.shape} -> {out.shape}; "
                     "add a Resize step to restore it"
                 )
-            image = out
-        return to_tensor(image)
+            pixels = out
+        return to_tensor(pixels)
 
 
-def clip_to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """THWC uint8 -> TCHW float32 in [-1, 1]."""
-    array = np.require(frames, requirements=("C", "W"))
-    return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-class ClipTransform:
+class ClipTransform(ImageTransform):
     """Augment the frames of a clip with one draw of the random parameters (albumentations'
     ``images`` target), so a crop or a brightness change is the same in every frame and motion
     stays motion; then convert ``[T, H, W, C]`` uint8 to ``[T, C, H, W]`` in [-1, 1]."""
 
-    def __init__(self, steps: Sequence[Mapping[str, Any]] | None = None) -> None:
-        self.pipeline = build_transforms(steps)
-
-    def __call__(self, frames: np.ndarray) -> torch.Tensor:
-        if frames.ndim != 4:
-            raise ValueError(f"expected frames [T, H, W, C], got shape {frames.shape}")
-        if self.pipeline is not None:
-            out = self.pipeline(images=np.asarray(frames))["images"]
-            if out.shape != frames.shape:
-                raise ValueError(
-                    f"augmentation changed the clip shape {frames.shape} -> {out.shape}; "
-                    "add a Resize step to restore it"
-                )
-            frames = out
-        return clip_to_tensor(frames)
+    target, noun, ndim = "images", "clip", 4
