@@ -20,7 +20,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 from modules.towers.tokenizer import WordTokenizer
 
@@ -201,6 +201,46 @@ class SiblingShuffle(Sampler[int]):
             yield from group
 
 
+class RankSlices(Sampler[list[int]]):
+    """Each global batch of ``batches`` cut into ``world`` equal slices; rank ``r`` gets slice
+    ``r``. Every rank draws the same global batches (same generator seed), so training on W
+    ranks sees exactly the batches one process sees with the whole ``batch_size``: DDP's
+    gradient average over the slices is the gradient of the global contrastive batch."""
+
+    def __init__(self, batches: BatchSampler, rank: int, world: int) -> None:
+        if batches.batch_size % world:
+            raise ValueError(
+                f"data.batch_size {batches.batch_size} is the global contrastive batch and must "
+                f"divide evenly over {world} processes"
+            )
+        self.batches, self.rank, self.local = batches, rank, batches.batch_size // world
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        start = self.rank * self.local
+        for batch in self.batches:
+            yield batch[start : start + self.local]
+
+
+class EvalShard(Sampler[int]):
+    """Rank ``r``'s share ``r, r + W, ...`` of the samples in order, padded by repeating the first
+    ones so every rank has the same count (collectives in the eval step need equal batches). The
+    metrics drop the repeats by sample index, so W ranks report what one process does."""
+
+    def __init__(self, size: int, rank: int, world: int) -> None:
+        self.size, self.rank, self.world = size, rank, world
+        self.per_rank = -(-size // world)
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self):
+        padded = self.per_rank * self.world
+        return iter([i % self.size for i in range(self.rank, padded, self.world)])
+
+
 class PairDataModule(L.LightningDataModule):
     """Splits, tokenizer and loaders shared by every paired-modality datamodule.
 
@@ -211,6 +251,11 @@ class PairDataModule(L.LightningDataModule):
     Training shuffles with a generator seeded by ``seed`` and drops the last partial batch
     (a contrastive loss on a small remainder batch has few negatives and a different scale);
     evaluation keeps the order and every sample.
+
+    Batch sizes are global: under DDP with W processes each rank loads ``batch_size / W`` rows
+    of the same global batch (:class:`RankSlices`) and ``ceil(eval_batch_size / W)`` evaluation
+    samples (:class:`EvalShard`), so a config means the same experiment on any number of
+    devices. The trainer must not replace the samplers (``use_distributed_sampler=False``).
     """
 
     def __init__(self, cfg: Any, tokenizer: WordTokenizer | None = None) -> None:
@@ -291,29 +336,40 @@ class PairDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
 
+    def _rank_and_world(self) -> tuple[int, int]:
+        """(global rank, world size) of the attached trainer; (0, 1) without one."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         if split not in self.datasets or self.tokenizer is None:
             raise RuntimeError(f"split {split!r} is not set up; call setup() first")
         dataset = self.datasets[split]
-        if train and len(dataset) < self.batch_size:
-            raise ValueError(
-                f"train split has {len(dataset)} samples, fewer than batch_size "
-                f"{self.batch_size}: every batch would be dropped"
-            )
-        sampler = None
-        if train and getattr(self.cfg, "sibling_batches", False):
-            sampler = SiblingShuffle(
-                self._siblings.get(split, np.full(len(dataset), -1)), self.seed
-            )
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            drop_last=train,
+        rank, world = self._rank_and_world()
+        common = dict(
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             collate_fn=TokenizeCollate(self.tokenizer),
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
+        )
+        if not train:
+            return DataLoader(
+                dataset,
+                batch_size=-(-self.eval_batch_size // world),
+                sampler=EvalShard(len(dataset), rank, world),
+                **common,
+            )
+        if len(dataset) < self.batch_size:
+            raise ValueError(
+                f"train split has {len(dataset)} samples, fewer than batch_size "
+                f"{self.batch_size}: every batch would be dropped"
+            )
+        # One generator drives the worker seeds and the order, as DataLoader(shuffle=True) does.
+        generator = torch.Generator().manual_seed(self.seed)
+        order: Sampler[int] = RandomSampler(dataset, generator=generator)
+        if getattr(self.cfg, "sibling_batches", False):
+            order = SiblingShuffle(self._siblings.get(split, np.full(len(dataset), -1)), self.seed)
+        batches = BatchSampler(order, self.batch_size, drop_last=True)
+        return DataLoader(
+            dataset, batch_sampler=RankSlices(batches, rank, world), generator=generator, **common
         )

@@ -65,6 +65,9 @@ class OptimConfig:
     eps: float = 1e-6
     warmup_steps: int = 50
     min_lr_ratio: float = 0.0
+    # back-propagate the contrastive batch (data.batch_size) this many samples at a time with
+    # gradient caching: same gradient, activation memory of one micro-batch (None: all at once)
+    micro_batch_size: int | None = None
 
 
 @dataclass
@@ -272,6 +275,12 @@ def _tower(raw: Any, modality: str) -> DictConfig:
 
 def validate(raw: dict[str, Any]) -> DictConfig:
     """A single-stage raw dict as a validated ``ExperimentConfig`` DictConfig."""
+    if "accumulate_grad_batches" in (raw.get("trainer") or {}):
+        raise ConfigError(
+            "trainer.accumulate_grad_batches: not supported: summed gradients of k small "
+            "contrastive batches give each sample only its own batch's negatives; "
+            "set optim.micro_batch_size for a big batch in small pieces"
+        )
     cfg = _structured(ExperimentConfig, raw, "")
     if OmegaConf.is_missing(cfg, "method"):
         raise ConfigError("method: missing required value")
@@ -282,6 +291,12 @@ def validate(raw: dict[str, Any]) -> DictConfig:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]}: missing required value")
+    micro = cfg.optim.micro_batch_size
+    if micro is not None and (micro < 1 or cfg.data.batch_size % micro):
+        raise ConfigError(
+            f"optim.micro_batch_size: must be a positive divisor of data.batch_size "
+            f"{cfg.data.batch_size}, got {micro}"
+        )
     return cfg
 
 

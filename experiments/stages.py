@@ -215,6 +215,8 @@ def _train(
     )
 
     trainer_cfg = {k: v for k, v in cfg["trainer"].items() if v is not None}
+    if not module.automatic_optimization:  # the module clips in its own (manual) step
+        module.gradient_clip_val = trainer_cfg.pop("gradient_clip_val", None)
     logger = MLFlowLogger(
         experiment_name=tracker.experiment_name, tracking_uri=tracker.uri, run_id=run_id
     )
@@ -226,6 +228,7 @@ def _train(
         default_root_dir=str(stage_dir),
         num_sanity_val_steps=0,
         enable_model_summary=False,
+        use_distributed_sampler=False,  # the datamodule shards global batches itself
     )
     ok = False
     try:

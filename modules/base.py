@@ -12,6 +12,7 @@ import modules.env  # noqa: F401  (before lightning)
 
 import copy
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modules.grad_cache import cached_backward
 from modules.registry import METHODS, TOWERS, as_dataclass
 from modules.towers import TowerContext, build_tower
 from modules.towers.output import TowerOutput
@@ -101,6 +103,11 @@ class DualTowerModule(L.LightningModule):
             torch.tensor(math.log(1.0 / model["temperature"])),
             requires_grad=model["learnable_temperature"],
         )
+        # optim.micro_batch_size: gradient caching (modules/grad_cache.py) in manual optimisation
+        self.micro_batch_size: int | None = optim.get("micro_batch_size")
+        self.automatic_optimization = self.micro_batch_size is None
+        #: Norm clipping applied by the manual step (Lightning's own clipping is automatic-only).
+        self.gradient_clip_val: float | None = None
         self.teacher: nn.ModuleDict | None = None
         if self.requires_teacher:
             self.teacher = copy.deepcopy(self.towers).requires_grad_(False).eval()
@@ -202,18 +209,56 @@ class DualTowerModule(L.LightningModule):
         outputs = self.encode(batch)
         terms = self.losses(batch, outputs)
         loss = self.total_loss(terms)
-        size = len(batch["index"])
+        self._log_losses(terms, loss, split, len(batch["index"]))
+        return loss, outputs
+
+    def _log_losses(
+        self, terms: dict[str, torch.Tensor], loss: torch.Tensor, split: str, size: int
+    ) -> None:
         on_step = split == "train"
         logged = {f"{split}/loss/{name}": value.detach() for name, value in terms.items()}
         logged[f"{split}/loss"] = loss.detach()
         self.log_dict(
             logged, on_step=on_step, on_epoch=not on_step, batch_size=size, sync_dist=not on_step
         )
-        return loss, outputs
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, _ = self._step(batch, "train")
+        if self.automatic_optimization:
+            loss, _ = self._step(batch, "train")
+        else:
+            loss = self._cached_training_step(batch)
         self.log("train/logit_scale", self.scale.detach(), on_step=True, on_epoch=False)
+        return loss
+
+    def _cached_training_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        """One optimiser step on the whole contrastive batch, back-propagated one micro-batch
+        at a time (gradient caching); same gradient as the automatic step."""
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        terms: dict[str, torch.Tensor] = {}
+
+        def batch_loss(outputs: dict[str, TowerOutput]) -> torch.Tensor:
+            terms.update(self.losses(batch, outputs))
+            return self.total_loss(terms)
+
+        block_sync = getattr(self.trainer.strategy, "block_backward_sync", nullcontext)
+
+        def backward(surrogate: torch.Tensor, last: bool) -> None:
+            with nullcontext() if last else block_sync():
+                self.manual_backward(surrogate)
+
+        params = [p for p in self.parameters() if p.requires_grad]
+        loss = cached_backward(
+            self.encode, batch_loss, params, batch, self.micro_batch_size, backward
+        )
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val)
+        optimizer.step()
+        self.lr_schedulers().step()
+        self._clamp_temperature()
+        self._log_losses(
+            {k: v.detach() for k, v in terms.items()}, loss, "train", len(batch["index"])
+        )
         return loss
 
     def _eval_step(self, batch: dict[str, Any], split: str) -> dict[str, Any]:
@@ -267,8 +312,11 @@ class DualTowerModule(L.LightningModule):
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step, then clamp log(1/T) to [0, ln max_logit_scale] (CLIP, Radford et al. 2021)."""
         super().optimizer_step(*args, **kwargs)
-        with torch.no_grad():
-            self.logit_scale.clamp_(0.0, self.max_log_scale)
+        self._clamp_temperature()
+
+    @torch.no_grad()
+    def _clamp_temperature(self) -> None:
+        self.logit_scale.clamp_(0.0, self.max_log_scale)
 
 
 def warmup_cosine(warmup: int, total: int, min_ratio: float):

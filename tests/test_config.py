@@ -91,6 +91,16 @@ def test_parse_overrides_types_and_nesting():
         ("model.video.temporal=lstm", "model.video.temporal: expected one of"),
         ("model.video.frame.channelz=3", "model.video.frame.channelz: Key 'channelz'"),
         ("data.train_pairs=all", "data.train_pairs must be one of"),
+        (
+            "optim.micro_batch_size=48",
+            "optim.micro_batch_size: must be a positive divisor of data.batch_size 128, got 48",
+        ),
+        ("optim.micro_batch_size=0", "optim.micro_batch_size: must be a positive divisor"),
+        (
+            "trainer.accumulate_grad_batches=4",
+            "trainer.accumulate_grad_batches: not supported: summed gradients of k small "
+            "contrastive batches",
+        ),
     ],
 )
 def test_errors_name_the_key_path(override, message):
