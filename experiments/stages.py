@@ -150,6 +150,27 @@ def _checkpoint_path(ref: str | None, results: dict[str, StageResult]) -> str | 
     return str(results[ref].checkpoint if ref in results else ref)
 
 
+def build(
+    cfg: dict, vocab: list[str] | None = None
+) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """The datamodule (set up for fitting) and the untrained method of a resolved stage config;
+    ``vocab``: reuse a tokenizer vocabulary (e.g. a checkpoint's) instead of building one."""
+    data_entry = DATAMODULES.get(cfg["data"]["name"])
+    data_cfg = as_dataclass(data_entry.config, cfg["data"])
+    tokenizer = WordTokenizer(vocab, max_len=data_cfg.max_text_len) if vocab else None
+    datamodule = data_entry.cls(data_cfg, tokenizer=tokenizer)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    module = METHODS.get(cfg["method"]["name"]).cls(
+        method=cfg["method"],
+        model=cfg["model"],
+        optim=cfg["optim"],
+        vocab=datamodule.tokenizer.vocab,
+        context={"modalities": list(datamodule.modalities), **datamodule.tower_context()},
+    )
+    return datamodule, module
+
+
 def _train(
     stage: Stage,
     digest: str,
@@ -171,21 +192,8 @@ def _train(
             f"stage {stage.name}: method {method} needs teacher_from (a stage or checkpoint)"
         )
 
-    data_entry = DATAMODULES.get(data_name)
-    data_cfg = as_dataclass(data_entry.config, cfg["data"])
     vocab = (init or teacher or {}).get("hyper_parameters", {}).get("vocab")
-    tokenizer = WordTokenizer(vocab, max_len=data_cfg.max_text_len) if vocab else None
-    datamodule = data_entry.cls(data_cfg, tokenizer=tokenizer)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-
-    module = method_cls(
-        method=cfg["method"],
-        model=cfg["model"],
-        optim=cfg["optim"],
-        vocab=datamodule.tokenizer.vocab,
-        context={"modalities": list(datamodule.modalities), **datamodule.tower_context()},
-    )
+    datamodule, module = build(cfg, vocab)
     if init is not None:
         module.load_student_weights(init["state_dict"])
     if teacher is not None:

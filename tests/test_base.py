@@ -13,35 +13,13 @@ from modules.base import warmup_cosine
 from modules.clip import CLIP
 from modules.clip_refine import CLIPRefine
 from modules.towers.tokenizer import WordTokenizer
+from tests.tiny_modules import tiny_module
 
 VOCAB = WordTokenizer.build(["a red circle", "a blue square left of it"]).vocab
-MODEL = {
-    "embed_dim": 16,
-    "image": {"name": "cnn", "channels": [8, 16]},
-    "text": {"name": "transformer", "width": 16, "depth": 1, "heads": 2},
-    "temperature": 0.07,
-    "learnable_temperature": True,
-    "max_logit_scale": 100.0,
-}
-OPTIM = {
-    "lr": 1e-3,
-    "weight_decay": 0.1,
-    "betas": [0.9, 0.98],
-    "eps": 1e-6,
-    "warmup_steps": 2,
-    "min_lr_ratio": 0.0,
-}
 
 
 def make(cls=CLIP, method=None, **optim):
-    method = method or {"name": "clip"}
-    return cls(
-        method=method,
-        model=MODEL,
-        optim={**OPTIM, **optim},
-        vocab=VOCAB,
-        context={"modalities": ["image", "text"], "image_size": 16, "max_text_len": 8},
-    )
+    return tiny_module(VOCAB, cls, method, **optim)
 
 
 def batches(n: int, size: int = 4) -> list[dict[str, torch.Tensor]]:

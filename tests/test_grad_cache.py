@@ -12,25 +12,10 @@ from modules.clip import CLIP
 from modules.clip_refine import CLIPRefine
 from modules.grad_cache import cached_backward, split_batch
 from modules.towers.tokenizer import WordTokenizer
+from tests.tiny_modules import tiny_module
 
 TEXTS = ["a red circle", "a blue square", "a red square", "left of it", "a big blue circle"]
 VOCAB = WordTokenizer.build(TEXTS).vocab
-MODEL = {
-    "embed_dim": 16,
-    "image": {"name": "cnn", "channels": [8, 16]},
-    "text": {"name": "transformer", "width": 16, "depth": 1, "heads": 2},
-    "temperature": 0.07,
-    "learnable_temperature": True,
-    "max_logit_scale": 100.0,
-}
-OPTIM = {
-    "lr": 1e-2,
-    "weight_decay": 0.1,
-    "betas": [0.9, 0.98],
-    "eps": 1e-6,
-    "warmup_steps": 0,
-    "min_lr_ratio": 0.0,
-}
 SIZE = 12
 #: Items 0-3 have two captions each in the batch (multi-positive rows, across micro-batches).
 ITEM_IDS = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6, 7])
@@ -38,14 +23,8 @@ ITEM_IDS = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6, 7])
 
 def make(method=None, cls=CLIP, text=None, **optim):
     torch.manual_seed(0)
-    model = {**MODEL, "text": {**MODEL["text"], **(text or {})}}
-    return cls(
-        method=method or {"name": "clip", "label_smoothing": 0.1},
-        model=model,
-        optim={**OPTIM, **optim},
-        vocab=VOCAB,
-        context={"modalities": ["image", "text"], "image_size": 16, "max_text_len": 8},
-    )
+    method = method or {"name": "clip", "label_smoothing": 0.1}
+    return tiny_module(VOCAB, cls, method, text, **{"lr": 1e-2, "warmup_steps": 0, **optim})
 
 
 def batch(seed: int = 0, dtype=torch.float64) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""InfoNCE without the R×C logits matrix: forward and backward in tiles, with recomputation.
+"""InfoNCE without the R×C logits matrix: a tiled log-sum-exp with recomputation.
 
 One direction of the CLIP loss with id-defined, label-smoothed targets (the same objective as
 ``soft_target_cross_entropy(scale * rows @ cols.T, multi_positive_targets(...))`` in
@@ -7,12 +7,14 @@ contrastive.py) is
     L = (1/R) sum_i [ w_i lse_i - sum_j q_ij s_ij ],   s_ij = scale <rows_i, cols_j>,
     q_ij = (1 - eps) m_ij / n_i + eps / C,   w_i = sum_j q_ij,   lse_i = log sum_j exp s_ij,
 
-with m_ij = [row_ids_i == col_ids_j] and n_i = max(1, sum_j m_ij). The forward pass visits
-tiles of at most ``block_elements`` logits and carries each row's log-sum-exp across column
-tiles (running max and rescaled sum). The backward pass recomputes every tile and uses
-dL/ds_ij = (w_i softmax_ij - q_ij) / R, so peak memory is O(block_elements) beyond the
-inputs, whatever the batch size. Under DDP the caller passes local rows and gathered columns
-(``gather_with_grad``), exactly as for the plain loss.
+with m_ij = [row_ids_i == col_ids_j] and n_i = max(1, sum_j m_ij). Only ``lse`` needs every
+logit: :class:`_TiledLogSumExp` visits tiles of at most ``block_elements`` logits, combines the
+tiles' log-sum-exps in the forward pass and recomputes each tile's softmax in the backward pass,
+so peak memory is O(block_elements) beyond the inputs whatever the batch size. The target term
+is linear in the logits, so it has a closed form, ``sum_j q_ij s_ij = scale <rows_i, t_i>``
+with ``t_i = (1 - eps)/n_i * (sum of the columns sharing row i's id) + eps/C * sum_j cols_j``,
+computed in O((R + C) D) with ordinary autograd. Under DDP the caller passes local rows and
+gathered columns (``gather_with_grad``), exactly as for the plain loss.
 """
 
 from __future__ import annotations
@@ -34,57 +36,49 @@ def _tiles(rows: int, cols: int, block_elements: int) -> Iterator[tuple[slice, s
             yield slice(r0, min(r0 + block_rows, rows)), slice(c0, min(c0 + block_cols, cols))
 
 
-def _positive_counts(row_ids: Tensor, col_ids: Tensor) -> Tensor:
-    """n_i: how many columns share row i's id (by sorting, not by an R×C comparison)."""
-    ordered = col_ids.sort().values
-    right = torch.searchsorted(ordered, row_ids, right=True)
-    return right - torch.searchsorted(ordered, row_ids)
+class _TiledLogSumExp(torch.autograd.Function):
+    """``lse_i = log sum_j exp(scale <rows_i, cols_j>)`` tile by tile.
 
-
-class _ChunkedSoftCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, rows, cols, scale, row_ids, col_ids, smoothing, block_elements):
-        num_rows, num_cols = rows.shape[0], cols.shape[0]
-        counts = _positive_counts(row_ids, col_ids)
-        positive_weight = (1.0 - smoothing) / counts.clamp_min(1).to(rows.dtype)
-        row_weight = (1.0 - smoothing) * (counts > 0).to(rows.dtype) + smoothing
-        running_max = torch.full((num_rows,), -math.inf, dtype=rows.dtype, device=rows.device)
-        running_sum = torch.zeros(num_rows, dtype=rows.dtype, device=rows.device)
-        positive_logits = torch.zeros(num_rows, dtype=rows.dtype, device=rows.device)
-        for r, c in _tiles(num_rows, num_cols, block_elements):
-            logits = scale * (rows[r] @ cols[c].T)
-            new_max = torch.maximum(running_max[r], logits.max(dim=1).values)
-            running_sum[r] = running_sum[r] * (running_max[r] - new_max).exp() + (
-                logits - new_max[:, None]
-            ).exp().sum(dim=1)
-            running_max[r] = new_max
-            mask = row_ids[r, None] == col_ids[None, c]
-            positive_logits[r] += (logits * mask).sum(dim=1)
-        lse = running_max + running_sum.log()
-        # sum_j (eps / C) s_ij in closed form: scale <rows_i, sum_j cols_j> eps / C
-        uniform = scale * (rows @ cols.sum(dim=0)) * (smoothing / num_cols)
-        target_logits = positive_weight * positive_logits + uniform
-        ctx.save_for_backward(rows, cols, scale, row_ids, col_ids, lse, positive_weight, row_weight)
-        ctx.smoothing, ctx.block_elements = smoothing, block_elements
-        return (row_weight * lse - target_logits).mean()
+    Backward, with g the incoming gradient and P the softmax of a tile's logits:
+    dL/drows = scale diag(g) P cols, dL/dcols = scale P^T diag(g) rows and
+    dL/dscale = sum_i g_i <rows_i, (P cols)_i>; scale and the subtraction of lse are fused
+    into the tile's matmul (addmm), so a tile costs one matmul and one exp in place.
+    """
 
     @staticmethod
-    def backward(ctx, grad_output):
-        rows, cols, scale, row_ids, col_ids, lse, positive_weight, row_weight = ctx.saved_tensors
-        num_rows, num_cols = rows.shape[0], cols.shape[0]
+    def forward(ctx, rows, cols, scale, block_elements):
+        scaled = rows * scale
+        lse = torch.full((rows.shape[0],), -math.inf, dtype=rows.dtype, device=rows.device)
+        for r, c in _tiles(rows.shape[0], cols.shape[0], block_elements):
+            lse[r] = torch.logaddexp(lse[r], torch.logsumexp(scaled[r] @ cols[c].T, dim=1))
+        ctx.save_for_backward(rows, cols, scale, lse)
+        ctx.block_elements = block_elements
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad_lse):
+        rows, cols, scale, lse = ctx.saved_tensors
         grad_rows, grad_cols = torch.zeros_like(rows), torch.zeros_like(cols)
+        weighted_rows = grad_lse[:, None] * rows
         grad_scale = torch.zeros_like(scale)
-        factor = grad_output / num_rows
-        for r, c in _tiles(num_rows, num_cols, ctx.block_elements):
-            dots = rows[r] @ cols[c].T
-            softmax = (scale * dots - lse[r, None]).exp()
-            mask = (row_ids[r, None] == col_ids[None, c]).to(rows.dtype)
-            targets = positive_weight[r, None] * mask + ctx.smoothing / num_cols
-            grad_logits = (row_weight[r, None] * softmax - targets) * factor
-            grad_rows[r] += scale * (grad_logits @ cols[c])
-            grad_cols[c] += scale * (grad_logits.T @ rows[r])
-            grad_scale += (grad_logits * dots).sum()
-        return grad_rows, grad_cols, grad_scale, None, None, None, None
+        alpha = float(scale)  # addmm takes a number
+        for r, c in _tiles(rows.shape[0], cols.shape[0], ctx.block_elements):
+            softmax = torch.addmm(-lse[r, None], rows[r], cols[c].T, alpha=alpha).exp_()
+            pulled = softmax @ cols[c]
+            grad_rows[r] += grad_lse[r, None] * pulled
+            grad_scale += (weighted_rows[r] * pulled).sum()
+            grad_cols[c] += softmax.T @ weighted_rows[r]
+        return grad_rows * scale, grad_cols * scale, grad_scale, None
+
+
+def _target_columns(cols: Tensor, row_ids: Tensor, col_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """(sum of the columns sharing each row's id [R, D], their count n_i [R]), by sorting the
+    column ids rather than comparing R×C pairs."""
+    unique, inverse, counts = torch.unique(col_ids, return_inverse=True, return_counts=True)
+    sums = cols.new_zeros(len(unique), cols.shape[1]).index_add(0, inverse, cols)
+    slot = torch.searchsorted(unique, row_ids).clamp_max(len(unique) - 1)
+    found = unique[slot] == row_ids
+    return sums[slot] * found[:, None].to(cols.dtype), counts[slot] * found
 
 
 def chunked_soft_cross_entropy(
@@ -102,6 +96,11 @@ def chunked_soft_cross_entropy(
     if block_elements < 1:
         raise ValueError(f"block_elements must be positive, got {block_elements}")
     scale = torch.as_tensor(scale, dtype=rows.dtype, device=rows.device)
-    return _ChunkedSoftCrossEntropy.apply(
-        rows, cols, scale, row_ids, col_ids, float(label_smoothing), int(block_elements)
-    )
+    eps = float(label_smoothing)
+    lse = _TiledLogSumExp.apply(rows, cols, scale, int(block_elements))
+    positives, counts = _target_columns(cols, row_ids, col_ids)
+    has_positive = (counts > 0).to(rows.dtype)
+    targets = (1.0 - eps) / counts.clamp_min(1).to(rows.dtype)[:, None] * positives
+    targets = targets + (eps / cols.shape[0]) * cols.sum(dim=0)
+    row_weight = (1.0 - eps) * has_positive + eps  # w_i = sum_j q_ij
+    return (row_weight * lse - scale * (rows * targets).sum(dim=1)).mean()

@@ -1,0 +1,42 @@
+"""A tiny CLIP-style module for unit tests: 16-d towers on 16x16 images and 8-token texts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modules.base import DualTowerModule
+from modules.clip import CLIP
+
+MODEL = {
+    "embed_dim": 16,
+    "image": {"name": "cnn", "channels": [8, 16]},
+    "text": {"name": "transformer", "width": 16, "depth": 1, "heads": 2},
+    "temperature": 0.07,
+    "learnable_temperature": True,
+    "max_logit_scale": 100.0,
+}
+OPTIM = {
+    "lr": 1e-3,
+    "weight_decay": 0.1,
+    "betas": [0.9, 0.98],
+    "eps": 1e-6,
+    "warmup_steps": 2,
+    "min_lr_ratio": 0.0,
+}
+
+
+def tiny_module(
+    vocab: list[str],
+    cls: type[DualTowerModule] = CLIP,
+    method: dict[str, Any] | None = None,
+    text: dict[str, Any] | None = None,
+    **optim: Any,
+) -> DualTowerModule:
+    """``cls`` on image-text pairs; ``text`` overrides text-tower keys, ``optim`` optimiser keys."""
+    return cls(
+        method=method or {"name": "clip"},
+        model={**MODEL, "text": {**MODEL["text"], **(text or {})}},
+        optim={**OPTIM, **optim},
+        vocab=vocab,
+        context={"modalities": ["image", "text"], "image_size": 16, "max_text_len": 8},
+    )
