@@ -241,10 +241,12 @@ class DualTowerModule(L.LightningModule):
             terms.update(self.losses(batch, outputs))
             return self.total_loss(terms)
 
-        block_sync = getattr(self.trainer.strategy, "block_backward_sync", nullcontext)
+        # DDP: let only the last pass all-reduce (averaging is linear, so any pass that does
+        # sync early still gives the same result)
+        no_sync = getattr(self.trainer.strategy.model, "no_sync", nullcontext)
 
         def backward(surrogate: torch.Tensor, last: bool) -> None:
-            with nullcontext() if last else block_sync():
+            with nullcontext() if last else no_sync():
                 self.manual_backward(surrogate)
 
         params = [p for p in self.parameters() if p.requires_grad]
