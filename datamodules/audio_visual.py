@@ -95,8 +95,13 @@ class AudioVisualDataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache_dir: str | None = None
     seed: int = 0
+    # training/evaluation stops (callbacks.data_health) when more than this fraction of the
+    # samples had a bad file (missing, corrupt); below it bad files are skipped and logged
+    max_skipped_fraction: float = 0.01
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.max_skipped_fraction <= 1.0:
+            raise ValueError("data.max_skipped_fraction must be between 0 and 1")
         if self.format not in FORMATS:
             raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
         if self.format != "embedded" and not self.root:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import modules.env  # noqa: F401  (first: environment for lightning's imports)
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,10 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
+from datamodules.media import MediaError
 from modules.towers.tokenizer import WordTokenizer
+
+log = logging.getLogger(__name__)
 
 TRAIN_PAIRS = ("image", "caption")
 SPLITS = ("train", "val", "test")
@@ -113,15 +117,31 @@ class FileCaptions:
         return self.paths[i].decode("utf-8")
 
 
+#: Errors of a loader that mean "this sample's file is bad" (missing, unreadable, undecodable;
+#: readers wrap decoder errors in ``MediaError`` naming the file). Programming errors
+#: (``KeyError``, ``TypeError``, ...) are never among them.
+BAD_FILE_ERRORS: tuple[type[Exception], ...] = (MediaError, OSError)
+
+
 class PairDataset(Dataset):
     """(item, caption) samples.
 
     ``pairs="caption"``: one sample per caption, in caption order (evaluation sees every pair).
     ``pairs="image"``: one sample per item with a caption drawn afresh each time from torch's
     RNG (seeded per worker and epoch by the DataLoader), so a batch holds each item at most once.
-    A sample is ``load(item)`` plus ``text``, ``index`` (caption id), ``<id_key>`` (item id) and
-    ``label/<task>`` from ``labels[task][item]``.
+    A sample is ``load(item)`` plus ``text``, ``index`` (caption id), ``<id_key>`` (item id),
+    ``label/<task>`` from ``labels[task][item]`` and ``skipped``.
+
+    An item whose file is bad (:data:`BAD_FILE_ERRORS`) is replaced by the next item that loads
+    (``item + 1``, ``+ 2``, ... modulo the item count, at most ``max_attempts`` tries) with its
+    first caption (``caption`` pairs) or a random one (``image`` pairs), so batches keep their
+    size (contrastive losses under DDP gather equal batches). ``skipped`` lists the errors, each
+    naming its file; callbacks.data_health counts them. In evaluation the replacement repeats
+    a sample ``index`` that the metrics already drop as a duplicate.
     """
+
+    #: Items tried for one sample before the requested item's error is raised.
+    max_attempts = 16
 
     def __init__(
         self,
@@ -139,33 +159,54 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.captions) if self.pairs == "caption" else self.captions.num_items
 
+    def _caption_of(self, item: int) -> int:
+        """A random caption of ``item`` (``image`` pairs) or its first one."""
+        lo, hi = int(self.captions.offsets[item]), int(self.captions.offsets[item + 1])
+        return lo + int(torch.randint(hi - lo, ()).item()) if self.pairs == "image" else lo
+
     def __getitem__(self, k: int) -> dict:
         if self.pairs == "image":
             item = int(k)
-            lo, hi = self.captions.offsets[item], self.captions.offsets[item + 1]
-            caption = int(lo + torch.randint(int(hi - lo), ()).item())
+            caption = self._caption_of(item)
         else:
             caption, item = int(k), int(self.captions.item[k])
-        sample = self.load(item)
+        first = item
+        errors: list[Exception] = []
+        while True:
+            try:
+                sample = self.load(item)
+                break
+            except BAD_FILE_ERRORS as err:
+                errors.append(err)
+                if len(errors) >= min(self.max_attempts, self.captions.num_items):
+                    errors[0].add_note(f"none of {len(errors)} items from item {first} on loaded")
+                    raise errors[0] from None
+                log.warning("skipped item %d: %s", item, err)
+                item = (item + 1) % self.captions.num_items
+                caption = self._caption_of(item)
         sample.update(text=self.captions.text(caption), index=caption, **{self.id_key: item})
         for task, ids in self.labels.items():
             sample[f"label/{task}"] = int(ids[item])
+        sample["skipped"] = [str(err) for err in errors]
         return sample
 
 
 class TokenizeCollate:
     """Stacks tensors, turns ints into a long tensor, tokenizes ``text`` into ``text_ids`` and
-    ``text_mask``."""
+    ``text_mask``, and joins the samples' ``skipped`` lists into one list of strings (empty
+    when every file loaded; a list, so batch transfer and micro-batch splitting leave it be)."""
 
     def __init__(self, tokenizer: WordTokenizer) -> None:
         self.tokenizer = tokenizer
 
-    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        batch: dict[str, torch.Tensor] = {}
+    def __call__(self, samples: list[dict]) -> dict[str, Any]:
+        batch: dict[str, Any] = {}
         for key in samples[0]:
             values = [s[key] for s in samples]
             if key == "text":
                 batch["text_ids"], batch["text_mask"] = self.tokenizer.encode(values)
+            elif key == "skipped":
+                batch[key] = [reason for reasons in values for reason in reasons]
             elif isinstance(values[0], torch.Tensor):
                 batch[key] = torch.stack(values)
             else:
@@ -214,14 +255,54 @@ class RankSlices(Sampler[list[int]]):
                 f"divide evenly over {world} processes"
             )
         self.batches, self.rank, self.local = batches, rank, batches.batch_size // world
+        #: Global batches to pass over (without loading them) in the next pass: a resumed epoch.
+        self.skip = 0
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __iter__(self):
-        start = self.rank * self.local
-        for batch in self.batches:
-            yield batch[start : start + self.local]
+        start, skip, self.skip = self.rank * self.local, self.skip, 0
+        for i, batch in enumerate(self.batches):
+            if i >= skip:
+                yield batch[start : start + self.local]
+
+
+class ResumableLoader(DataLoader):
+    """The training loader, able to continue an epoch after a restart (Lightning saves and
+    restores its ``state_dict``): the state is the order generator as the epoch began and how
+    many batches training has consumed, counted by ``consumed()`` (the trainer's count: the
+    loader itself runs ahead by the batches it prefetched). Resuming restores the generator and
+    passes over the consumed batches without loading them, so the rest of the epoch is the
+    batches an uninterrupted run would have seen."""
+
+    def __init__(self, *args: Any, consumed: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._consumed = consumed
+        self._epoch_start: list[torch.Tensor] = []
+        self._resume: dict[str, Any] | None = None
+
+    def _generators(self) -> list[torch.Generator]:
+        """The loader's generator and the order sampler's own one, if it has one."""
+        own = getattr(self.batch_sampler.batches.sampler, "generator", None)
+        return [self.generator] + ([own] if own is not None and own is not self.generator else [])
+
+    def __iter__(self):
+        if self._resume is not None:
+            for generator, state in zip(
+                self._generators(), self._resume["generators"], strict=True
+            ):
+                generator.set_state(state)
+            self.batch_sampler.skip = int(self._resume["consumed"])
+            self._resume = None
+        self._epoch_start = [generator.get_state() for generator in self._generators()]
+        return super().__iter__()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generators": self._epoch_start, "consumed": self._consumed()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = state
 
 
 class EvalShard(Sampler[int]):
@@ -370,6 +451,17 @@ class PairDataModule(L.LightningDataModule):
         if getattr(self.cfg, "sibling_batches", False):
             order = SiblingShuffle(self._siblings.get(split, np.full(len(dataset), -1)), self.seed)
         batches = BatchSampler(order, self.batch_size, drop_last=True)
-        return DataLoader(
-            dataset, batch_sampler=RankSlices(batches, rank, world), generator=generator, **common
+        return ResumableLoader(
+            dataset,
+            batch_sampler=RankSlices(batches, rank, world),
+            generator=generator,
+            consumed=self._batches_trained,
+            **common,
         )
+
+    def _batches_trained(self) -> int:
+        """Training batches the attached trainer has processed in the current epoch."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed

@@ -35,6 +35,7 @@ from datamodules.embedded.shapes import (
     zero_shot_prompts,
 )
 from datamodules.formats import read_coco, read_jsonl
+from datamodules.media import IMAGE_ERRORS, MediaError
 from datamodules.transforms import AugmentConfig, ImageTransform
 from modules.registry import DATAMODULES
 from modules.towers.tokenizer import WordTokenizer
@@ -74,8 +75,13 @@ class ImageTextDataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache_dir: str | None = None
     seed: int = 0
+    # training/evaluation stops (callbacks.data_health) when more than this fraction of the
+    # samples had a bad file (missing, corrupt); below it bad files are skipped and logged
+    max_skipped_fraction: float = 0.01
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.max_skipped_fraction <= 1.0:
+            raise ValueError("data.max_skipped_fraction must be between 0 and 1")
         if self.format not in FORMATS:
             raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
         if self.train_pairs not in TRAIN_PAIRS:
@@ -111,6 +117,8 @@ class FileImages:
                 rgb = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC)
         except FileNotFoundError:
             raise FileNotFoundError(f"image file {path} (item {i}) not found") from None
+        except IMAGE_ERRORS as err:  # not an image, truncated, ...
+            raise MediaError(f"image file {path} (item {i}) could not be read: {err}") from None
         return np.asarray(rgb)
 
 

@@ -22,6 +22,11 @@ class MediaError(ValueError):
     """A media file that is missing, unreadable or has no usable stream."""
 
 
+#: What PIL raises for a file that is not a readable image: OSError for most broken or truncated
+#: data, SyntaxError or ValueError for some corruptions, DecompressionBombError when oversized.
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def uniform_positions(total: int, count: int) -> np.ndarray:
     """``count`` indices spread evenly over ``range(total)`` (centres of equal segments);
     repeats indices when the source is shorter than ``count``."""
@@ -84,7 +89,7 @@ def read_frame_folder(
         try:
             with Image.open(files[i]) as image:
                 frames.append(_resize(image, size, grayscale))
-        except OSError as err:
+        except IMAGE_ERRORS as err:
             raise MediaError(f"frame {files[i]} could not be read: {err}") from None
     return np.stack(frames)
 

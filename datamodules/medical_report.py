@@ -45,7 +45,7 @@ from datamodules.formats.reports import (
     parse_report,
     select_sections,
 )
-from datamodules.media import MediaError
+from datamodules.media import IMAGE_ERRORS, MediaError
 from datamodules.transforms import AugmentConfig, ImageTransform
 from modules.registry import DATAMODULES
 from modules.towers.tokenizer import WordTokenizer
@@ -94,8 +94,13 @@ class MedicalReportDataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache_dir: str | None = None
     seed: int = 0
+    # training/evaluation stops (callbacks.data_health) when more than this fraction of the
+    # samples had a bad file (missing, corrupt); below it bad files are skipped and logged
+    max_skipped_fraction: float = 0.01
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.max_skipped_fraction <= 1.0:
+            raise ValueError("data.max_skipped_fraction must be between 0 and 1")
         if self.format not in FORMATS:
             raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
         if self.train_views not in TRAIN_VIEWS:
@@ -118,7 +123,7 @@ class FileViews:
         try:
             with Image.open(path) as image:
                 gray = image.convert("L").resize((self.size, self.size), Image.Resampling.BILINEAR)
-        except OSError as err:
+        except IMAGE_ERRORS as err:
             raise MediaError(f"image file {path} could not be read: {err}") from None
         return np.asarray(gray)[..., None]
 

@@ -93,10 +93,15 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    """MLflow tracking; ``tracking_uri`` None means the project's sqlite store in ``mlflow/``."""
+    """MLflow tracking; ``tracking_uri`` None means the project's sqlite store in ``mlflow/``.
+
+    A server URI that does not answer stops the run before training, unless
+    ``fallback_to_local`` is true: then the run logs to the local store, with a warning.
+    """
 
     tracking_uri: str | None = None
     experiment_name: str | None = None
+    fallback_to_local: bool = False
 
 
 @dataclass
@@ -115,6 +120,10 @@ class ExperimentConfig:
     init_from: str | None = None
     teacher_from: str | None = None
     rerun_stages: bool = False
+    # continue each unfinished stage from its last.ckpt, logging into the same MLflow run
+    resume: bool = False
+    # write last.ckpt every this many optimiser steps (0: never; a finished stage keeps model.ckpt)
+    checkpoint_every_n_steps: int = 100
     stages: dict[str, Any] = field(default_factory=dict)
 
 
@@ -291,6 +300,11 @@ def validate(raw: dict[str, Any]) -> DictConfig:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]}: missing required value")
+    if cfg.checkpoint_every_n_steps < 0:
+        raise ConfigError(
+            "checkpoint_every_n_steps: must be 0 (never) or positive, "
+            f"got {cfg.checkpoint_every_n_steps}"
+        )
     micro = cfg.optim.micro_batch_size
     if micro is not None and (micro < 1 or cfg.data.batch_size % micro):
         raise ConfigError(
@@ -355,7 +369,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> lis
 
 def config_hash(plain: dict[str, Any], upstream: list[str] | None = None) -> str:
     """Short hash of what determines a stage's result (not where it is logged)."""
-    ignored = ("logger", "name", "rerun_stages", "output_dir")
+    ignored = ("logger", "name", "rerun_stages", "output_dir", "resume", "checkpoint_every_n_steps")
     relevant = {k: v for k, v in plain.items() if k not in ignored}
     relevant["trainer"] = {
         k: v for k, v in relevant["trainer"].items() if k not in ("enable_progress_bar",)

@@ -32,14 +32,23 @@ def main(argv: list[str]) -> int:
         return 2
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+    from callbacks.data_health import DataQualityError
     from experiments.stages import run_experiment
+    from modules.base import NonFiniteLossError
 
     leader = rank_zero_only.rank == 0  # under DDP every rank runs this script
     logging.basicConfig(
         level=logging.INFO if leader else logging.WARNING, format="alignlab: %(message)s"
     )
     start = time.perf_counter()
-    results = run_experiment(stages)
+    try:
+        results = run_experiment(stages)
+    except ConfigError as err:  # found once the run starts, e.g. an unreachable tracking server
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except (NonFiniteLossError, DataQualityError) as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        return 1
     if leader:
         summarise(results, time.perf_counter() - start)
     return 0

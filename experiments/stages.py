@@ -19,10 +19,20 @@ from pathlib import Path
 
 import lightning as L
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
 
+from callbacks.data_health import SkippedSamples
 from callbacks.evaluation import EmbeddingMetrics
 from callbacks.plots import EmbeddingPlots
+from callbacks.progress import Throughput
+from experiments.checkpoints import (
+    LAST,
+    AtomicCheckpointIO,
+    PeriodicCheckpoint,
+    RunState,
+    resume_identity,
+)
 from experiments.config import Stage, config_hash
 from experiments.tracking import Tracker
 from modules.base import load_checkpoint
@@ -71,7 +81,9 @@ def run_experiment(stages: list[Stage], tracker: Tracker | None = None) -> list[
     final = stages[-1].plain
     hashes = stage_hashes(stages)
     tracker = tracker or Tracker(
-        final["logger"]["tracking_uri"], final["logger"]["experiment_name"] or final["name"]
+        final["logger"]["tracking_uri"],
+        final["logger"]["experiment_name"] or final["name"],
+        final["logger"]["fallback_to_local"],
     )
     parent_id = None
     if len(stages) > 1:
@@ -87,7 +99,9 @@ def run_experiment(stages: list[Stage], tracker: Tracker | None = None) -> list[
     try:
         for i, stage in enumerate(stages):
             stage_dir = Path(stage.plain["output_dir"]) / f"{stage.name}-{hashes[stage.name]}"
-            reusable = i < len(stages) - 1 and not stage.plain["rerun_stages"]
+            # the last stage always runs, unless resuming an experiment it already finished
+            last = i == len(stages) - 1
+            reusable = (not last or stage.plain["resume"]) and not stage.plain["rerun_stages"]
             if reusable and (stage_dir / DONE).is_file():
                 results[stage.name] = _reuse(stage, stage_dir, tracker, parent_id)
             else:
@@ -204,15 +218,35 @@ def _train(
         if parent_id
         else f"{method}-{data_name}-{digest}"
     )
-    tags = {"alignlab.method": method, "alignlab.data": data_name, "alignlab.config_hash": digest}
-    if parent_id:
-        tags["alignlab.stage"] = stage.name
-    run_id = tracker.start_run(run_name, tags, parent_id)
-    tracker.log_params(run_id, cfg)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    config_file = stage_dir / "config.yaml"
-    config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    tracker.log_artifact(run_id, config_file)
+    last = stage_dir / LAST
+    resume_from = last if cfg["resume"] and last.is_file() else None
+    if resume_from is not None:
+        identity = resume_identity(resume_from, method, digest)
+        run_id = identity["run_id"] if tracker.active else None
+        tracker.reopen(run_id)
+        log.info(
+            "stage %s: resuming from %s (step %d) into MLflow run %s",
+            stage.name,
+            resume_from,
+            identity["global_step"],
+            run_id,
+        )
+    else:
+        if cfg["resume"]:
+            log.info("stage %s: nothing to resume in %s; starting", stage.name, stage_dir)
+        tags = {
+            "alignlab.method": method,
+            "alignlab.data": data_name,
+            "alignlab.config_hash": digest,
+        }
+        if parent_id:
+            tags["alignlab.stage"] = stage.name
+        run_id = tracker.start_run(run_name, tags, parent_id)
+        tracker.log_params(run_id, cfg)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        config_file = stage_dir / "config.yaml"
+        config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        tracker.log_artifact(run_id, config_file)
     log.info(
         "stage %s: %s on %s, config hash %s, MLflow %s",
         stage.name,
@@ -228,11 +262,30 @@ def _train(
     logger = MLFlowLogger(
         experiment_name=tracker.experiment_name, tracking_uri=tracker.uri, run_id=run_id
     )
+    best = ModelCheckpoint(
+        dirpath=stage_dir,
+        filename="best",
+        monitor="val/retrieval/mean_R1",
+        mode="max",
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    callbacks = [
+        EmbeddingMetrics(),
+        EmbeddingPlots(stage_dir / "plots"),
+        RunState(run_id, method, digest),
+        SkippedSamples(),
+        best,
+    ]
+    if cfg["checkpoint_every_n_steps"]:
+        callbacks.append(PeriodicCheckpoint(stage_dir, cfg["checkpoint_every_n_steps"]))
+    if trainer_cfg.get("enable_progress_bar", True):
+        callbacks += [RichProgressBar(leave=True), Throughput()]
     trainer = L.Trainer(
         **trainer_cfg,
         logger=logger,
-        callbacks=[EmbeddingMetrics(), EmbeddingPlots(stage_dir / "plots")],
-        enable_checkpointing=False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=str(stage_dir),
         num_sanity_val_steps=0,
         enable_model_summary=False,
@@ -240,31 +293,28 @@ def _train(
     )
     ok = False
     try:
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(
+            module,
+            datamodule=datamodule,
+            ckpt_path=str(resume_from) if resume_from else None,
+            weights_only=True,
+        )
         tested = trainer.test(module, datamodule=datamodule, verbose=False)
+        trainer.save_checkpoint(str(stage_dir / "model.ckpt"))
+        trainer.strategy.barrier("checkpoint-saved")  # later stages on other ranks read it
+        saved = Path(best.best_model_path or stage_dir / "model.ckpt")
+        tracker.log_artifact(run_id, saved, "checkpoints")
         ok = True
     finally:
         tracker.finish(run_id, ok)
     metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
-    _save_atomically(trainer, stage_dir / "model.ckpt")
     if trainer.is_global_zero:
         result = {"hash": digest, "run_id": run_id, "metrics": metrics, "stage": stage.name}
         tmp = stage_dir / f".{DONE}.tmp"
         tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
         os.replace(tmp, stage_dir / DONE)
+        last.unlink(missing_ok=True)  # finished: model.ckpt supersedes it
     seconds = time.perf_counter() - start
     return StageResult(
         stage.name, digest, stage_dir / "model.ckpt", metrics, run_id, False, seconds
     )
-
-
-def _save_atomically(trainer: L.Trainer, path: Path) -> None:
-    """Write the checkpoint beside ``path`` and rename it, so a kill leaves no half file.
-
-    Every rank calls ``save_checkpoint`` (it synchronises); rank 0 writes and renames.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    trainer.save_checkpoint(str(tmp), weights_only=False)
-    if trainer.is_global_zero:
-        os.replace(tmp, path)
-    trainer.strategy.barrier("checkpoint-saved")  # later stages on other ranks read it

@@ -9,25 +9,58 @@ from __future__ import annotations
 
 import modules.env  # noqa: F401  (before mlflow)
 
+import http.client
+import logging
+import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-from experiments.config import REPO_ROOT, flatten
+from experiments.config import REPO_ROOT, ConfigError, flatten
+
+log = logging.getLogger("alignlab")
 
 STORE_DIR = REPO_ROOT / "mlflow"
 
 
+def store_dir() -> Path:
+    """The local store's folder: ``$ALIGNLAB_MLFLOW_DIR`` if set, else ``mlflow/`` of the
+    checkout (the folder ``mlflow/serve.sh`` serves, under the same variable)."""
+    return Path(os.environ.get("ALIGNLAB_MLFLOW_DIR") or STORE_DIR).resolve()
+
+
 def default_tracking_uri() -> str:
-    """The project's local store: ``sqlite:///<repo>/mlflow/mlflow.db``."""
-    return f"sqlite:///{STORE_DIR / 'mlflow.db'}"
+    """The project's local store: ``sqlite:///<store_dir()>/mlflow.db``."""
+    return f"sqlite:///{store_dir() / 'mlflow.db'}"
+
+
+def unreachable(uri: str, timeout: float = 5.0) -> str | None:
+    """Why the MLflow server at an ``http(s)://`` URI does not answer (None if it does).
+
+    One plain GET of ``/health`` with a short timeout: MLflow's own client retries a dead
+    server for minutes before it gives up. Other URIs (sqlite, file) are not probed.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return None
+    except urllib.error.HTTPError as err:  # 401/403: a server that wants the client's credentials
+        return None if err.code in (401, 403) else f"HTTP {err.code} {err.reason} from /health"
+    except urllib.error.URLError as err:
+        return str(err.reason)
+    except OSError as err:  # timeouts and resets while reading
+        return str(err) or type(err).__name__
+    except (ValueError, http.client.HTTPException) as err:  # a malformed URI, a garbled answer
+        return f"{type(err).__name__}: {err}"
 
 
 def git_state() -> dict[str, str]:
@@ -51,10 +84,34 @@ def git_state() -> dict[str, str]:
 class Tracker:
     """Creates runs in one MLflow experiment and logs what Lightning's logger does not."""
 
-    def __init__(self, tracking_uri: str | None, experiment_name: str) -> None:
+    def __init__(
+        self, tracking_uri: str | None, experiment_name: str, fallback_to_local: bool = False
+    ) -> None:
+        """Check that the store answers (before any training) and get or create the experiment.
+
+        An unreachable server raises ``ConfigError`` naming the URI, or with
+        ``fallback_to_local`` logs a warning and uses the local store instead.
+        """
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only  # lazy: ~10 s import
+
         self.uri = tracking_uri or default_tracking_uri()
         self.experiment_name = experiment_name
         self.active = rank_zero_only.rank == 0
+        problem = unreachable(self.uri)  # on every rank, so all ranks agree on the URI
+        if problem is not None:
+            if not fallback_to_local:
+                raise ConfigError(
+                    f"logger.tracking_uri: cannot reach MLflow at {self.uri} ({problem}); "
+                    "start the server (bash mlflow/serve.sh) or set logger.fallback_to_local=true"
+                )
+            if self.active:
+                log.warning(
+                    "MLflow at %s is unreachable (%s): falling back to the local store %s",
+                    self.uri,
+                    problem,
+                    default_tracking_uri(),
+                )
+            self.uri = default_tracking_uri()
         if not self.active:
             return
         if self.uri.startswith("sqlite:///"):
@@ -110,6 +167,12 @@ class Tracker:
         if not self.active:
             return
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+    def reopen(self, run_id: str | None) -> None:
+        """Mark a run (of a resumed stage) as running again; it keeps its params and history."""
+        if not self.active or run_id is None:
+            return
+        self.client.update_run(run_id, status="RUNNING")
 
     def run_url(self, run_id: str) -> str:
         """Where to find the run: a UI link for a server, the store and id otherwise."""

@@ -14,6 +14,7 @@ import copy
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modules.distributed import all_ranks
 from modules.grad_cache import cached_backward
 from modules.registry import METHODS, TOWERS, as_dataclass
 from modules.towers import TowerContext, build_tower
@@ -48,6 +50,10 @@ def load_module(path: str) -> DualTowerModule:
     module = METHODS.get(hparams["method"]["name"]).cls(**hparams)
     module.load_state_dict(checkpoint["state_dict"], strict=True)
     return module.eval()
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because a loss term became NaN or infinite."""
 
 
 class DualTowerModule(L.LightningModule):
@@ -224,7 +230,11 @@ class DualTowerModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if self.automatic_optimization:
-            loss, _ = self._step(batch, "train")
+            outputs = self.encode(batch)
+            terms = self.losses(batch, outputs)
+            self._stop_if_not_finite(terms)
+            loss = self.total_loss(terms)
+            self._log_losses(terms, loss, "train", len(batch["index"]))
         else:
             loss = self._cached_training_step(batch)
         self.log("train/logit_scale", self.scale.detach(), on_step=True, on_epoch=False)
@@ -253,6 +263,7 @@ class DualTowerModule(L.LightningModule):
         loss = cached_backward(
             self.encode, batch_loss, params, batch, self.micro_batch_size, backward
         )
+        self._stop_if_not_finite(terms)
         if self.gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val)
         optimizer.step()
@@ -262,6 +273,29 @@ class DualTowerModule(L.LightningModule):
             {k: v.detach() for k, v in terms.items()}, loss, "train", len(batch["index"])
         )
         return loss
+
+    def _stop_if_not_finite(self, terms: dict[str, torch.Tensor]) -> None:
+        """Before the update: if a loss term is NaN/inf on any rank, save the weights (the last
+        good state) to ``<stage dir>/last-good.ckpt`` and stop with the term and the step."""
+        values = torch.stack([value.detach().float() for value in terms.values()])
+        finite = torch.isfinite(values)
+        if all_ranks(bool(finite.all())):
+            return
+        path = Path(self.trainer.default_root_dir) / "last-good.ckpt"
+        self.trainer.save_checkpoint(str(path))
+        names = list(terms)
+        bad = (
+            ", ".join(
+                f"train/loss/{names[i]} = {values[i].item()}"
+                for i in range(len(names))
+                if not finite[i]
+            )
+            or "a loss term on another rank"
+        )
+        raise NonFiniteLossError(
+            f"{bad} at step {self.global_step} (epoch {self.current_epoch}): training stopped "
+            f"before the update; the last good state is in {path}"
+        )
 
     def _eval_step(self, batch: dict[str, Any], split: str) -> dict[str, Any]:
         """What the metric callbacks read: the pair's embeddings (``item`` side, e.g. image,
@@ -303,13 +337,24 @@ class DualTowerModule(L.LightningModule):
             betas=tuple(cfg["betas"]),
             eps=cfg["eps"],
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = warmup_cosine(cfg["warmup_steps"], total, cfg["min_lr_ratio"])
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        # The total is set in on_train_start: asking the trainer for it here would load the
+        # training data before a resumed run restores the loader's position.
+        self._schedule = WarmupCosine(cfg["warmup_steps"], cfg["min_lr_ratio"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def on_train_start(self) -> None:
+        """Give the schedule its number of steps and set the current rate from it."""
+        self._schedule.total = max(1, int(self.trainer.estimated_stepping_batches))
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            for group, base in zip(
+                scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True
+            ):
+                group["lr"] = base * self._schedule(scheduler.last_epoch)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step, then clamp log(1/T) to [0, ln max_logit_scale] (CLIP, Radford et al. 2021)."""
@@ -321,14 +366,22 @@ class DualTowerModule(L.LightningModule):
         self.logit_scale.clamp_(0.0, self.max_log_scale)
 
 
-def warmup_cosine(warmup: int, total: int, min_ratio: float):
-    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine to ``min_ratio``."""
-    warmup = min(warmup, max(total - 1, 0))
+class WarmupCosine:
+    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine to ``min_ratio`` at
+    ``total`` steps (None until the trainer knows it: the warm-up part needs no total)."""
 
-    def factor(step: int) -> float:
+    def __init__(self, warmup: int, min_ratio: float, total: int | None = None) -> None:
+        self.warmup, self.min_ratio, self.total = warmup, min_ratio, total
+
+    def __call__(self, step: int) -> float:
+        total = self.total if self.total is not None else math.inf
+        warmup = min(self.warmup, max(total - 1, 0))
         if step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return factor
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float) -> WarmupCosine:
+    """The schedule of ``total`` steps (see :class:`WarmupCosine`)."""
+    return WarmupCosine(warmup, min_ratio, total)

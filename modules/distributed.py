@@ -79,3 +79,19 @@ def gather_no_grad(x: Tensor) -> Tensor:
         return x
     _check_equal_batches(x)
     return _all_gather_cat(x)
+
+
+def all_ranks(flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank (one all-reduce; ``flag`` itself for one process)."""
+    if world_size() == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def _device() -> torch.device:
+    """The device collectives of the default group run on (NCCL needs CUDA tensors)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

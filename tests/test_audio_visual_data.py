@@ -206,6 +206,7 @@ def test_batches_follow_the_contract(cache):
         "item_id",
         "label/offset",
         "label/speaker",
+        "skipped",
     }
     assert b["audio"].shape == (8, 40, 80) and b["audio"].dtype == torch.float32
     for key in ("video", "video_shifted", "video_distractor"):
@@ -252,6 +253,7 @@ def test_eval_is_fixed_and_reproducible_training_varies(cache):
     _check_samples(dm, "val", items, batches)
     again = list(_dm().val_dataloader())
     for a, b in zip(batches, again, strict=True):
+        assert a.keys() == b.keys() and a.pop("skipped") == b.pop("skipped") == []
         assert all(torch.equal(a[key], b[key]) for key in a)
     texts = dm.datasets["val"].captions.all_texts()
     data = talking.load_split(talking.talking_dir(dm.talking, cache), "val")

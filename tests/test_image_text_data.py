@@ -237,7 +237,9 @@ def test_train_batches_follow_the_contract(dm, cache):
         "label/shape",
         "label/color",
         "label/count",
+        "skipped",
     }
+    assert b["skipped"] == []  # no unreadable file
     assert b["image"].dtype == torch.float32 and b["image"].shape == (8, 3, 64, 64)
     assert -1.0 <= b["image"].min() and b["image"].max() <= 1.0
     assert b["text_ids"].dtype == torch.long and b["text_ids"].shape[0] == 8

@@ -293,7 +293,7 @@ def test_batches_follow_the_contract(dm, cache):
     labels = {f"label/{name}" for name in FINDINGS}
     assert (
         set(b)
-        == {"image", "text_ids", "text_mask", "index", "item_id", "boxes"}
+        == {"image", "text_ids", "text_mask", "index", "item_id", "boxes", "skipped"}
         | {
             "box_finding",
             "view",

@@ -210,7 +210,7 @@ def test_train_batches_follow_the_contract(dm, cache):
     assert len(batches) == 40 // 8  # one sample per clip, last partial batch dropped
     b = batches[0]
     labels = {"label/direction", "label/shape", "label/color"}
-    assert set(b) == {"video", "text_ids", "text_mask", "index", "item_id"} | labels
+    assert set(b) == {"video", "text_ids", "text_mask", "index", "item_id", "skipped"} | labels
     assert b["video"].dtype == torch.float32 and b["video"].shape == (8, 8, 3, 32, 32)
     assert -1.0 <= b["video"].min() and b["video"].max() <= 1.0
     assert b["text_ids"].dtype == torch.long and b["text_mask"].dtype == torch.bool
