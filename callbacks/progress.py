@@ -10,8 +10,8 @@ import lightning.pytorch as pl
 
 
 class Throughput(pl.Callback):
-    """``train/samples_per_s``: samples of this process per second of wall time, averaged over
-    the last ``window`` steps (data loading, step and logging included)."""
+    """``train/samples_per_s`` (``samples/s`` on the progress bar): samples of this process per
+    second of wall time over the last ``window`` steps (data loading, step and logging included)."""
 
     def __init__(self, window: int = 20) -> None:
         self.window = window
@@ -26,4 +26,6 @@ class Throughput(pl.Callback):
         self._marks = [*self._marks[-self.window :], (time.perf_counter(), seen)]
         if len(self._marks) > 1:
             (t0, n0), (t1, n1) = self._marks[0], self._marks[-1]
-            pl_module.log("train/samples_per_s", (n1 - n0) / (t1 - t0), prog_bar=True)
+            rate = (n1 - n0) / (t1 - t0)
+            pl_module.log("train/samples_per_s", rate)
+            pl_module.log("samples/s", rate, prog_bar=True, logger=False)

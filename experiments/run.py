@@ -66,7 +66,8 @@ def summarise(results: list, seconds: float) -> None:
         )
         origin = "reused" if result.cached else f"{result.seconds:.0f} s"
         print(f"  {result.name} [{result.hash}, {origin}]: {shown}")
-        print(f"    checkpoint {result.checkpoint}, MLflow run {result.run_id}")
+        print(f"    checkpoint {result.checkpoint}")
+        print(f"    MLflow: {result.url or result.run_id}")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ class StageResult:
     run_id: str | None
     cached: bool
     seconds: float
+    url: str = ""  # where the run is in MLflow (a UI link for a server)
 
 
 def stage_hashes(stages: list[Stage]) -> dict[str, str]:
@@ -88,12 +89,20 @@ def run_experiment(stages: list[Stage], tracker: Tracker | None = None) -> list[
     parent_id = None
     if len(stages) > 1:
         method, data = _names(stages[-1])
-        parent_id = tracker.start_run(
-            f"{final['name']}-{data}-{hashes[stages[-1].name]}",
-            {"alignlab.method": method, "alignlab.data": data, "alignlab.stages": ",".join(hashes)},
-        )
-        if tracker.active:
-            tracker.log_artifact(parent_id, _write_yaml(stages, hashes))
+        tags = {
+            "alignlab.method": method,
+            "alignlab.data": data,
+            "alignlab.stages": ",".join(hashes),
+            "alignlab.config_hash": hashes[stages[-1].name],  # covers the upstream stages
+        }
+        # resuming: continue the unfinished parent run of the same chain, not a second one
+        parent_id = tracker.find_unfinished(tags) if final["resume"] else None
+        if parent_id is not None:
+            tracker.reopen(parent_id)
+        else:
+            parent_id = tracker.start_run(f"{final['name']}-{data}-{hashes[stages[-1].name]}", tags)
+            if tracker.active:
+                tracker.log_artifact(parent_id, _write_yaml(stages, hashes))
     results: dict[str, StageResult] = {}
     ok = False
     try:
@@ -129,6 +138,19 @@ def _write_yaml(stages: list[Stage], hashes: dict[str, str]) -> Path:
 
 def _reuse(stage: Stage, stage_dir: Path, tracker: Tracker, parent_id: str | None) -> StageResult:
     saved = json.loads((stage_dir / DONE).read_text())
+    if parent_id is not None and saved.get("run_id") in tracker.children(parent_id):
+        # a resumed chain: this stage finished earlier under the same parent run
+        log.info("stage %s: finished earlier in this run (%s)", stage.name, stage_dir)
+        return StageResult(
+            stage.name,
+            saved["hash"],
+            stage_dir / "model.ckpt",
+            saved["metrics"],
+            saved["run_id"],
+            True,
+            0.0,
+            tracker.run_url(saved["run_id"]),
+        )
     log.info(
         "stage %s: reusing the finished stage with config hash %s from %s "
         "(rerun_stages=true to retrain)",
@@ -153,7 +175,14 @@ def _reuse(stage: Stage, stage_dir: Path, tracker: Tracker, parent_id: str | Non
     tracker.log_metrics(run_id, saved["metrics"])
     tracker.finish(run_id, True)
     return StageResult(
-        stage.name, saved["hash"], stage_dir / "model.ckpt", saved["metrics"], run_id, True, 0.0
+        stage.name,
+        saved["hash"],
+        stage_dir / "model.ckpt",
+        saved["metrics"],
+        run_id,
+        True,
+        0.0,
+        tracker.run_url(run_id) if tracker.active else "",
     )
 
 
@@ -263,7 +292,7 @@ def _train(
         experiment_name=tracker.experiment_name, tracking_uri=tracker.uri, run_id=run_id
     )
     best = ModelCheckpoint(
-        dirpath=stage_dir,
+        dirpath=stage_dir / "checkpoints",
         filename="best",
         monitor="val/retrieval/mean_R1",
         mode="max",
@@ -315,6 +344,7 @@ def _train(
         os.replace(tmp, stage_dir / DONE)
         last.unlink(missing_ok=True)  # finished: model.ckpt supersedes it
     seconds = time.perf_counter() - start
+    url = tracker.run_url(run_id) if tracker.active else ""
     return StageResult(
-        stage.name, digest, stage_dir / "model.ckpt", metrics, run_id, False, seconds
+        stage.name, digest, stage_dir / "model.ckpt", metrics, run_id, False, seconds, url
     )

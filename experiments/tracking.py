@@ -168,6 +168,26 @@ class Tracker:
             return
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
+    def find_unfinished(self, tags: dict[str, str]) -> str | None:
+        """The newest run of the experiment with all ``tags`` that did not finish (a killed or
+        failed run to resume), or None."""
+        if not self.active:
+            return None
+        query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+        for run in self.client.search_runs(
+            [self.experiment_id], query, order_by=["attributes.start_time DESC"]
+        ):
+            if run.info.status != "FINISHED":
+                return run.info.run_id
+        return None
+
+    def children(self, parent_id: str) -> set[str]:
+        """Ids of the runs nested under ``parent_id``."""
+        if not self.active:
+            return set()
+        query = f"tags.`mlflow.parentRunId` = '{parent_id}'"
+        return {run.info.run_id for run in self.client.search_runs([self.experiment_id], query)}
+
     def reopen(self, run_id: str | None) -> None:
         """Mark a run (of a resumed stage) as running again; it keeps its params and history."""
         if not self.active or run_id is None:

@@ -227,6 +227,8 @@ class DualTowerModule(L.LightningModule):
         self.log_dict(
             logged, on_step=on_step, on_epoch=not on_step, batch_size=size, sync_dist=not on_step
         )
+        if on_step:  # the total on the progress bar too (not logged twice)
+            self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=size)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if self.automatic_optimization:

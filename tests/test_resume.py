@@ -171,3 +171,50 @@ def test_a_non_finite_loss_stops_with_the_term_and_step_after_saving(tmp_path):
     for key, value in saved["state_dict"].items():
         assert torch.isfinite(value).all(), key
         torch.testing.assert_close(value, module.state_dict()[key], msg=key)  # not updated
+
+
+def test_a_resumed_chain_continues_its_parent_run(tmp_path, monkeypatch):
+    """hycd's refine stage dies after training (its test fails); resume=true reuses the
+    pretrain stage and finishes refine from last.ckpt: one parent, two stage runs, all finished."""
+    from experiments.config import load_experiment
+    from experiments.stages import run_experiment
+
+    overrides = [
+        "data.num_train=48",
+        "data.num_val=8",
+        "data.num_test=8",
+        "data.batch_size=16",
+        "data.eval_batch_size=40",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "checkpoint_every_n_steps=1",
+        f"output_dir={tmp_path / 'out'}",
+        f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "logger.experiment_name=chain",
+    ]
+    real_test = L.Trainer.test
+
+    def dies_in_refine(trainer, module, *args, **kwargs):
+        if type(module).__name__ == "CLIPRefine":
+            raise RuntimeError("killed")
+        return real_test(trainer, module, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(L.Trainer, "test", dies_in_refine)
+        with pytest.raises(RuntimeError, match="killed"):
+            run_experiment(load_experiment(REPO / "experiments" / "hycd.yaml", overrides))
+    results = run_experiment(
+        load_experiment(REPO / "experiments" / "hycd.yaml", [*overrides, "resume=true"])
+    )
+    assert [r.cached for r in results] == [True, False]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("chain").experiment_id])
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.data.tags["alignlab.stage"]: r for r in runs if r is not parent}
+    assert sorted(children) == ["pretrain", "refine"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children.values()} == {parent.info.run_id}
+    assert results[1].run_id == children["refine"].info.run_id
+    assert "test/retrieval/mean_R1" in children["refine"].data.metrics
+    assert "test/retrieval/mean_R1" in parent.data.metrics
