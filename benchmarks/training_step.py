@@ -7,8 +7,9 @@ Both sides train copies of the same towers, built by the platform from the YAML,
 pre-collated batches of its data:
 
 - platform: ``lightning.Trainer.fit`` of the method (its ``training_step``, loss-term logging,
-  AdamW + warm-up/cosine, temperature clamp) logging to an MLflow sqlite store every
-  ``trainer.log_every_n_steps`` steps, as ``experiments/run.py`` does;
+  non-finite check, AdamW + warm-up/cosine, temperature clamp) with the per-step callbacks of
+  ``experiments/run.py`` (skipped-sample counting, throughput), logging to an MLflow sqlite
+  store every ``trainer.log_every_n_steps`` steps;
 - plain: ``towers -> normalise -> clip_loss -> backward -> AdamW -> scheduler -> clamp``.
 
 Timings on a shared 2-core machine drift by tens of percent within a minute, so the sides
@@ -40,6 +41,8 @@ import torch.nn.functional as F  # noqa: E402
 from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from callbacks.data_health import SkippedSamples  # noqa: E402
+from callbacks.progress import Throughput  # noqa: E402
 from experiments.config import load_experiment  # noqa: E402
 from experiments.stages import build  # noqa: E402
 from modules.base import warmup_cosine  # noqa: E402
@@ -115,7 +118,7 @@ def one_round(module, batches, cfg: dict, store: Path) -> tuple[float, float, fl
         devices=1,
         log_every_n_steps=cfg["trainer"]["log_every_n_steps"],
         logger=MLFlowLogger(experiment_name="bench", tracking_uri=f"sqlite:///{store}"),
-        callbacks=[timer],
+        callbacks=[timer, SkippedSamples(), Throughput()],  # the per-step ones run.py adds
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
