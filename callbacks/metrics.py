@@ -20,6 +20,8 @@ from torchmetrics import Metric
 from torchmetrics.functional.classification import binary_auroc as _torchmetrics_auroc
 from torchmetrics.utilities import dim_zero_cat
 
+from modules.losses.contrastive_gap import uniformity
+
 
 def first_occurrence(ids: Tensor) -> Tensor:
     """Positions of the first row of each distinct id, ordered by id.
@@ -176,10 +178,6 @@ class _BlockBuffers:
         return torch.ge(scores, threshold, out=self._hits[: len(scores)])
 
 
-def _log_mean_exp(values: Tensor) -> Tensor:
-    return torch.logsumexp(values, dim=0) - math.log(len(values))
-
-
 class AlignmentUniformity(_PairedEmbeddings):
     """Alignment and uniformity of Wang & Isola (2020), Eq. 4-5 with alpha = 2, t = 2.
 
@@ -211,7 +209,7 @@ class AlignmentUniformity(_PairedEmbeddings):
         if len(x) > self.max_items:
             pick = torch.linspace(0, len(x) - 1, self.max_items, device=x.device).round().long()
             x = x[pick]
-        return _log_mean_exp(torch.pdist(x, p=2).pow(2).mul(-2.0))
+        return uniformity(x, t=2.0)
 
 
 class ModalityGap(_PairedEmbeddings):

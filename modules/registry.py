@@ -74,7 +74,9 @@ class Registry:
 
 
 # Where each kind is defined: a new method, tower or datamodule adds its module here.
-METHODS = Registry("method", ["modules.clip", "modules.clip_refine"])
+METHODS = Registry(
+    "method", ["modules.align", "modules.clip", "modules.clip_refine", "modules.cuaxu"]
+)
 TOWERS = Registry(
     "tower",
     ["modules.towers.image", "modules.towers.text", "modules.towers.video", "modules.towers.audio"],

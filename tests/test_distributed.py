@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from modules.distributed import gather_no_grad, gather_with_grad, rank, world_size
 from modules.losses.clip_refine import hycd_loss
-from modules.losses.contrastive import clip_loss
+from modules.losses.contrastive import align_loss, clip_loss
+from modules.losses.contrastive_gap import alignment, cross_modal_uniformity, in_modal_uniformity
 
 WORLD, N, IN_DIM, DIM = 2, 8, 6, 5
 # ids 5 and 2 have positives on both ranks (rows 0/5 and 3/4).
@@ -59,6 +60,16 @@ def _loss(case: str, t: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Ten
             return clip_loss(image, text, scale, label_smoothing=0.1)
         if case == "clip_multi_chunked":  # tiles of 3 logits: several per row and column
             return clip_loss(image, text, scale, ids=ids, label_smoothing=0.1, block_elements=3)
+        if case == "clip_align_sum":
+            return align_loss(image, text, scale, ids=ids, label_smoothing=0.1)
+        if case == "clip_cuaxu":  # as modules/cuaxu.py: regularisers on the gathered batch
+            x, y = gather_with_grad(image), gather_with_grad(text)
+            return (
+                clip_loss(image, text, scale, ids=ids)
+                + in_modal_uniformity(x, y)
+                + cross_modal_uniformity(x, y)
+                + alignment(x, y)
+            )
         return clip_loss(image, text, scale, ids=ids, label_smoothing=0.1)
     if case == "hycd_diagonal":
         return hycd_loss(image, text, t["teacher_image"], t["teacher_text"], alpha=0.5, t_kd=1.0)
@@ -70,6 +81,8 @@ CASES = (
     "clip_diagonal_smooth",
     "clip_multi",
     "clip_multi_chunked",
+    "clip_align_sum",
+    "clip_cuaxu",
     "hycd_diagonal",
     "hycd_multi",
 )

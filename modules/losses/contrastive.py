@@ -101,3 +101,20 @@ def clip_loss(
         loss_i2t = soft_target_cross_entropy(logits_i2t, targets)
         loss_t2i = soft_target_cross_entropy(logits_t2i, targets)
     return 0.5 * (loss_i2t + loss_t2i)
+
+
+def align_loss(
+    image: Tensor,
+    text: Tensor,
+    logit_scale: Tensor | float,
+    ids: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "sum",
+    block_elements: int | None = None,
+) -> Tensor:
+    """ALIGN's loss (Jia et al. 2021, Sec. 3.2): ``L_i2t + L_t2i`` for ``reduction="sum"``, their
+    mean (exactly :func:`clip_loss`) for ``"mean"``; same arguments otherwise."""
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    loss = clip_loss(image, text, logit_scale, ids, label_smoothing, block_elements)
+    return 2.0 * loss if reduction == "sum" else loss

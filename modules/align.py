@@ -1,0 +1,60 @@
+"""ALIGN (Jia et al., ICML 2021): the "normalized softmax" loss in both directions, summed:
+``L = L_i2t + L_t2i`` (Sec. 3.2), on L2-normalised embeddings with a learnable temperature.
+
+The paper's loss has no label smoothing; the HuggingFace port of the COYO reproduction uses 0.1
+and averages the two directions, so both are options (``label_smoothing``, ``reduction``).
+Positives come from ``item_id`` as for CLIP. Negatives are gathered across ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from modules.base import DualTowerModule, MethodConfig
+from modules.losses.contrastive import align_loss
+from modules.registry import METHODS
+from modules.towers.output import TowerOutput
+
+REDUCTIONS = ("sum", "mean")
+
+
+@dataclass
+class ALIGNConfig(MethodConfig):
+    name: str = "align"
+    label_smoothing: float = 0.0
+    reduction: str = "sum"  # sum: the paper's L_i2t + L_t2i; mean: their average (as CLIP)
+    chunk_elements: int | None = None  # as for clip: tiles of at most this many logits
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"align": 1.0})
+
+    def __post_init__(self) -> None:
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {self.reduction!r}")
+        if self.chunk_elements is not None and self.chunk_elements < 1:
+            raise ValueError(f"chunk_elements: must be positive, got {self.chunk_elements}")
+
+
+@METHODS.register("align", ALIGNConfig)
+class ALIGN(DualTowerModule):
+    """Summed (or averaged) symmetric normalized-softmax loss of the data's pair."""
+
+    loss_terms = ("align",)
+
+    def losses(
+        self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
+    ) -> dict[str, torch.Tensor]:
+        a, b = (F.normalize(outputs[side].pooled, dim=-1) for side in self.modalities[:2])
+        cfg = self.method_cfg
+        loss = align_loss(
+            a,
+            b,
+            self.scale,
+            ids=batch["item_id"],
+            label_smoothing=cfg.label_smoothing,
+            reduction=cfg.reduction,
+            block_elements=cfg.chunk_elements,
+        )
+        return {"align": loss}
