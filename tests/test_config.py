@@ -69,7 +69,10 @@ def test_parse_overrides_types_and_nesting():
         ("method.label_smoothing=abc", "method.label_smoothing: expected float, got 'abc'"),
         ("optim.lr=fast", "optim.lr: expected float, got 'fast'"),
         ("trainer.max_epoch=3", "trainer.max_epoch: unknown key"),
-        ("method.name=nope", "method.name: unknown method 'nope'; known: align, clip, clip_refine, cuaxu"),
+        (
+            "method.name=nope",
+            "method.name: unknown method 'nope'; known: align, clip, clip_refine, cuaxu",
+        ),
         (
             "model.image.name=resnet",
             "model.image.name: unknown tower 'resnet'; image towers: cnn, vit",
