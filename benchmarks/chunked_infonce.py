@@ -13,20 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from isolated import peak_mb, run_isolated
 
 REPO = __file__.rsplit("/benchmarks/", 1)[0]
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _measure(kind: str, batch: int, dim: int, block: int) -> dict[str, float]:
@@ -38,7 +33,7 @@ def _measure(kind: str, batch: int, dim: int, block: int) -> dict[str, float]:
     torch.manual_seed(0)
     if kind == "matmul":
         a, b = torch.randn(batch, dim), torch.randn(batch, dim)
-        before = _peak_mb()
+        before = peak_mb()
         start = time.perf_counter()
         a @ b.T
         seconds = time.perf_counter() - start
@@ -48,25 +43,19 @@ def _measure(kind: str, batch: int, dim: int, block: int) -> dict[str, float]:
         text = F.normalize(torch.randn(batch, dim), dim=1).requires_grad_()
         scale = torch.tensor(14.3, requires_grad=True)
         extra = {"block_elements": block} if kind == "chunked" else {}
-        before = _peak_mb()
+        before = peak_mb()
         start = time.perf_counter()
         clip_loss(image, text, scale, **extra).backward()
         seconds = time.perf_counter() - start
         # two directions x (forward 1 product, backward 2 products; chunked recomputes 1 more)
         products = 2 * (3 + (kind == "chunked"))
         flop = products * 2.0 * batch * batch * dim
-    return {"seconds": seconds, "gflop": flop / 1e9, "peak_mb": _peak_mb() - before}
+    return {"seconds": seconds, "gflop": flop / 1e9, "peak_mb": peak_mb() - before}
 
 
-def _run(kind: str, batch: int, dim: int, block: int) -> dict[str, float]:
-    """``_measure`` in a fresh interpreter (its own peak memory)."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--measure", kind, str(batch), str(dim), str(block)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def _run(*args: object) -> dict:
+    """``_measure(*args)`` in a fresh interpreter (its own peak memory)."""
+    return run_isolated(__file__, *args)
 
 
 def main() -> None:

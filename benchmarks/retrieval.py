@@ -12,14 +12,13 @@ the N x N score matrix as one flat tensor).
 from __future__ import annotations
 
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from isolated import peak_mb, run_isolated
 
 REPO = __file__.rsplit("/benchmarks/", 1)[0]
 KS = (1, 5, 10)
@@ -64,22 +63,17 @@ def _measure(kind: str, n: int, dim: int) -> dict:
     import callbacks.metrics  # noqa: F401  (imports are not what is timed)
 
     image, text = _embeddings(n, dim)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_mb()
     start = time.perf_counter()
     values = (_ours if kind == "ours" else _torchmetrics)(image, text)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    peak = peak_mb() - before
     return {"seconds": seconds, "peak_mb": peak, "values": values}
 
 
-def _run(kind: str, n: int, dim: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "--measure", kind, str(n), str(dim)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def _run(*args: object) -> dict:
+    """``_measure(*args)`` in a fresh interpreter (its own peak memory)."""
+    return run_isolated(__file__, *args)
 
 
 def main() -> None:

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from modules.base import load_checkpoint
+
 LAST = "last.ckpt"
 
 
@@ -82,7 +84,7 @@ class RunState(L.Callback):
 
 def resume_identity(path: Path, method: str, config_hash: str) -> dict[str, Any]:
     """The identity stored in ``path``; refuses a checkpoint of another method or config."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(str(path))
     saved = checkpoint.get("alignlab")
     if saved is None:
         raise ValueError(f"{path} is not an alignlab training checkpoint (no run identity)")
