@@ -53,6 +53,8 @@ class ModelConfig:
     temperature: float = 0.07
     learnable_temperature: bool = True
     max_logit_scale: float = 100.0
+    # towers kept fixed (no gradient, eval mode), e.g. [image] for a locked pretrained tower
+    frozen: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -117,8 +119,12 @@ class ExperimentConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     output_dir: str = "outputs"
-    init_from: str | None = None
+    # start from an earlier stage or a checkpoint file: every tower and the temperature, or a
+    # mapping modality -> stage/checkpoint for some towers only (the others start fresh)
+    init_from: Any = None
     teacher_from: str | None = None
+    # earlier stages (or checkpoints) whose trained models the method reads before training
+    features_from: list[str] = field(default_factory=list)
     rerun_stages: bool = False
     # continue each unfinished stage from its last.ckpt, logging into the same MLflow run
     resume: bool = False
@@ -305,6 +311,10 @@ def validate(raw: dict[str, Any]) -> DictConfig:
             "checkpoint_every_n_steps: must be 0 (never) or positive, "
             f"got {cfg.checkpoint_every_n_steps}"
         )
+    _check_init_from(cfg.init_from)
+    unknown = sorted(set(cfg.model.frozen) - set(MODALITIES))
+    if unknown:
+        raise ConfigError(f"model.frozen: unknown modality {unknown[0]!r}; known: {MODALITIES}")
     micro = cfg.optim.micro_batch_size
     if micro is not None and (micro < 1 or cfg.data.batch_size % micro):
         raise ConfigError(
@@ -312,6 +322,34 @@ def validate(raw: dict[str, Any]) -> DictConfig:
             f"{cfg.data.batch_size}, got {micro}"
         )
     return cfg
+
+
+def _check_init_from(value: Any) -> None:
+    if value is None or isinstance(value, str):
+        return
+    if not isinstance(value, DictConfig):
+        raise ConfigError(
+            f"init_from: expected a stage, a checkpoint or a mapping modality -> stage, got {value}"
+        )
+    for side, ref in value.items():
+        if side not in MODALITIES:
+            raise ConfigError(f"init_from.{side}: unknown modality; known: {MODALITIES}")
+        if not isinstance(ref, str):
+            raise ConfigError(f"init_from.{side}: expected a stage or checkpoint, got {ref!r}")
+
+
+def references(plain: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every (key, stage or checkpoint) a stage config starts from or reads, in a fixed order:
+    ``init_from`` (or ``init_from.<modality>``), ``teacher_from``, ``features_from[i]``."""
+    init = plain["init_from"]
+    refs = (
+        [(f"init_from.{side}", ref) for side, ref in sorted(init.items())]
+        if isinstance(init, dict)
+        else [("init_from", init)]
+    )
+    refs.append(("teacher_from", plain["teacher_from"]))
+    refs += [(f"features_from[{i}]", ref) for i, ref in enumerate(plain["features_from"])]
+    return [(key, ref) for key, ref in refs if ref is not None]
 
 
 # ----------------------------------------------------------------------------- stages
@@ -339,14 +377,13 @@ def resolve_stages(raw: dict[str, Any]) -> list[Stage]:
             in_block = raw.get("stages") and _has_path(block, key)
             raise ConfigError(f"stages.{name}.{err}" if in_block else str(err)) from None
         earlier = [s.name for s in stages]
-        for key in ("init_from", "teacher_from"):
-            ref = cfg[key]
-            if ref is not None and ref not in earlier and not Path(ref).is_file():
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        for key, ref in references(plain):
+            if ref not in earlier and not Path(ref).is_file():
                 raise ConfigError(
                     f"stages.{name}.{key}: {ref!r} is neither an earlier stage {earlier} "
                     "nor a checkpoint file"
                 )
-        plain = OmegaConf.to_container(cfg, resolve=True)
         plain.pop("stages")
         stages.append(Stage(name, cfg, plain))
     return stages

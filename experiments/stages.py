@@ -33,9 +33,9 @@ from experiments.checkpoints import (
     RunState,
     resume_identity,
 )
-from experiments.config import Stage, config_hash
+from experiments.config import Stage, config_hash, references
 from experiments.tracking import Tracker
-from modules.base import load_checkpoint
+from modules.base import load_checkpoint, load_module
 from modules.registry import DATAMODULES, METHODS, as_dataclass
 from modules.towers.tokenizer import WordTokenizer
 
@@ -62,11 +62,10 @@ def stage_hashes(stages: list[Stage]) -> dict[str, str]:
     hashes: dict[str, str] = {}
     for stage in stages:
         upstream = []
-        for key in ("init_from", "teacher_from"):
-            ref = stage.plain[key]
+        for key, ref in references(stage.plain):
             if ref in hashes:
                 upstream.append(f"{key}:{hashes[ref]}")
-            elif ref is not None:
+            else:
                 stat = Path(ref).stat()
                 upstream.append(f"{key}:{Path(ref).resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
         hashes[stage.name] = config_hash(stage.plain, upstream)
@@ -186,10 +185,9 @@ def _reuse(stage: Stage, stage_dir: Path, tracker: Tracker, parent_id: str | Non
     )
 
 
-def _checkpoint_path(ref: str | None, results: dict[str, StageResult]) -> str | None:
-    """The checkpoint an ``init_from``/``teacher_from`` value names (a stage or a path)."""
-    if ref is None:
-        return None
+def _checkpoint_path(ref: str, results: dict[str, StageResult]) -> str:
+    """The checkpoint a reference (``init_from``, ``teacher_from``, ``features_from``) names:
+    an earlier stage or a path."""
     return str(results[ref].checkpoint if ref in results else ref)
 
 
@@ -226,21 +224,32 @@ def _train(
     cfg = stage.plain
     method, data_name = _names(stage)
     L.seed_everything(cfg["seed"], workers=True, verbose=False)
-    paths = {key: _checkpoint_path(cfg[key], results) for key in ("init_from", "teacher_from")}
-    loaded = {path: load_checkpoint(path) for path in set(paths.values()) if path is not None}
-    init, teacher = (loaded.get(paths[key]) for key in ("init_from", "teacher_from"))
+    paths = {key: _checkpoint_path(ref, results) for key, ref in references(cfg)}
+    loaded = {path: load_checkpoint(path) for path in set(paths.values())}
+    init = {
+        key.partition(".")[2] or None: loaded[p]
+        for key, p in paths.items()
+        if key.startswith("init_from")
+    }
+    teacher = loaded.get(paths.get("teacher_from", ""))
     method_cls = METHODS.get(method).cls
     if method_cls.requires_teacher and teacher is None:
         raise ValueError(
             f"stage {stage.name}: method {method} needs teacher_from (a stage or checkpoint)"
         )
 
-    vocab = (init or teacher or {}).get("hyper_parameters", {}).get("vocab")
+    # the text tower's vocabulary comes with its weights
+    sources = [init.get("text"), init.get(None), teacher, *init.values()]
+    vocab = next((c["hyper_parameters"]["vocab"] for c in sources if c is not None), None)
     datamodule, module = build(cfg, vocab)
-    if init is not None:
-        module.load_student_weights(init["state_dict"])
+    for side, checkpoint in init.items():
+        module.load_student_weights(checkpoint["state_dict"], None if side is None else (side,))
     if teacher is not None:
         module.set_teacher(teacher["state_dict"])
+    module.prepare_fit(
+        datamodule,
+        [load_module(p) for key, p in paths.items() if key.startswith("features_from")],
+    )
 
     run_name = (
         f"{stage.name}:{method}-{data_name}-{digest}"

@@ -46,7 +46,9 @@ class ALIGN(DualTowerModule):
     def losses(
         self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
     ) -> dict[str, torch.Tensor]:
-        a, b = (F.normalize(outputs[side].pooled, dim=-1) for side in self.modalities[:2])
+        a, b = (
+            F.normalize(self.embedding(side, outputs[side]), dim=-1) for side in self.modalities[:2]
+        )
         cfg = self.method_cfg
         loss = align_loss(
             a,

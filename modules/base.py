@@ -114,6 +114,16 @@ class DualTowerModule(L.LightningModule):
         self.automatic_optimization = self.micro_batch_size is None
         #: Norm clipping applied by the manual step (Lightning's own clipping is automatic-only).
         self.gradient_clip_val: float | None = None
+        #: Towers kept fixed (``model.frozen``): no gradient, always in eval mode.
+        self.frozen = tuple(model.get("frozen") or ())
+        unknown_frozen = set(self.frozen) - set(self.modalities)
+        if unknown_frozen:
+            raise ValueError(
+                f"model.frozen: {sorted(unknown_frozen)} not among this data's towers "
+                f"{list(self.modalities)}"
+            )
+        for side in self.frozen:
+            self.towers[side].requires_grad_(False).eval()
         self.teacher: nn.ModuleDict | None = None
         if self.requires_teacher:
             self.teacher = copy.deepcopy(self.towers).requires_grad_(False).eval()
@@ -136,6 +146,12 @@ class DualTowerModule(L.LightningModule):
             raise RuntimeError(f"{type(self).__name__} has no teacher; set teacher_from")
         return self.encode_with(self.teacher, batch)
 
+    def embedding(self, side: str, output: TowerOutput) -> torch.Tensor:
+        """The (unnormalised) embedding of ``side`` that the method compares and that every
+        metric reads: the tower's pooled projection, unless a method maps it further (FDT's
+        codebook mixture, an alignment head)."""
+        return output.pooled
+
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """L2-normalised text embeddings of raw strings (zero-shot prompts)."""
@@ -145,14 +161,14 @@ class DualTowerModule(L.LightningModule):
         out = self.towers["text"](
             {"text_ids": ids.to(self.device), "text_mask": mask.to(self.device)}
         )
-        return F.normalize(out.pooled, dim=-1)
+        return F.normalize(self.embedding("text", out), dim=-1)
 
     @torch.no_grad()
     def encode_input(self, batch: dict[str, Any], modality: str, key: str) -> torch.Tensor:
         """L2-normalised embeddings of ``batch[key]`` through the ``modality`` tower, e.g. a
         time-shifted clip (``video_shifted``) through the video tower."""
         tower = self.towers[modality]
-        return F.normalize(tower({tower.key: batch[key]}).pooled, dim=-1)
+        return F.normalize(self.embedding(modality, tower({tower.key: batch[key]})), dim=-1)
 
     @property
     def scale(self) -> torch.Tensor:
@@ -161,13 +177,31 @@ class DualTowerModule(L.LightningModule):
 
     # ------------------------------------------------------------------ teacher / init
 
-    def load_student_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Initialise towers and temperature from a checkpoint's ``state_dict``."""
-        own = {k: v for k, v in state_dict.items() if k.startswith("towers.") or k == "logit_scale"}
+    def load_student_weights(
+        self, state_dict: dict[str, torch.Tensor], sides: tuple[str, ...] | None = None
+    ) -> None:
+        """Initialise towers and temperature from a checkpoint's ``state_dict``; with ``sides``,
+        only those towers (the temperature then keeps its configured value)."""
+        prefixes = tuple(f"towers.{side}." for side in sides or self.modalities)
+        own = {
+            k: v
+            for k, v in state_dict.items()
+            if k.startswith(prefixes) or (sides is None and k == "logit_scale")
+        }
         self.load_state_dict(own, strict=False)
-        missing = [k for k in self.state_dict() if k.startswith("towers.") and k not in own]
+        missing = [k for k in self.state_dict() if k.startswith(prefixes) and k not in own]
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} tower weights, e.g. {missing[0]}")
+
+    def prepare_fit(
+        self, datamodule: L.LightningDataModule, earlier: list[DualTowerModule]
+    ) -> None:
+        """Before training: read the trained models of ``features_from`` (earlier stages).
+        Only methods that use them (MCL's clusters) override this."""
+        if earlier:
+            raise ValueError(
+                f"features_from: method {self.method_cfg.name} does not read earlier stages"
+            )
 
     def set_teacher(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Freeze the towers of a checkpoint's ``state_dict`` as the teacher."""
@@ -180,10 +214,12 @@ class DualTowerModule(L.LightningModule):
         self.teacher.requires_grad_(False).eval()
 
     def train(self, mode: bool = True) -> DualTowerModule:
-        """Switch modes but keep the teacher in eval mode."""
+        """Switch modes but keep the teacher and the frozen towers in eval mode."""
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()
+        for side in self.frozen:
+            self.towers[side].eval()
         return self
 
     # ------------------------------------------------------------------ losses
@@ -303,7 +339,7 @@ class DualTowerModule(L.LightningModule):
         """What the metric callbacks read: the pair's embeddings (``item`` side, e.g. image,
         and ``caption`` side, e.g. text) L2-normalised and raw, with ids and labels."""
         _, outputs = self._step(batch, split)
-        item, caption = (outputs[side].pooled for side in self.modalities[:2])
+        item, caption = (self.embedding(side, outputs[side]) for side in self.modalities[:2])
         return {
             "item": F.normalize(item, dim=-1),
             "caption": F.normalize(caption, dim=-1),

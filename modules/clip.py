@@ -43,7 +43,9 @@ class CLIP(DualTowerModule):
     def losses(
         self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
     ) -> dict[str, torch.Tensor]:
-        a, b = (F.normalize(outputs[side].pooled, dim=-1) for side in self.modalities[:2])
+        a, b = (
+            F.normalize(self.embedding(side, outputs[side]), dim=-1) for side in self.modalities[:2]
+        )
         loss = clip_loss(
             a,
             b,

@@ -43,7 +43,9 @@ class CUAXU(DualTowerModule):
     def losses(
         self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
     ) -> dict[str, torch.Tensor]:
-        x, y = (F.normalize(outputs[side].pooled, dim=-1) for side in self.modalities[:2])
+        x, y = (
+            F.normalize(self.embedding(side, outputs[side]), dim=-1) for side in self.modalities[:2]
+        )
         everyone_x, everyone_y = gather_with_grad(x), gather_with_grad(y)
         return {
             "clip": clip_loss(x, y, self.scale, ids=batch["item_id"]),
