@@ -75,7 +75,13 @@ class Registry:
 
 # Where each kind is defined: a new method, tower or datamodule adds its module here.
 METHODS = Registry(
-    "method", ["modules.align", "modules.clip", "modules.clip_refine", "modules.cuaxu"]
+    "method",
+    [
+        "modules.align",
+        "modules.clip",
+        "modules.clip_refine",
+        "modules.cuaxu",
+    ],
 )
 TOWERS = Registry(
     "tower",
