@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
+from datamodules.languages import SyntheticLanguages
 from datamodules.media import MediaError
 from modules.towers.tokenizer import WordTokenizer
 
@@ -138,6 +139,11 @@ class PairDataset(Dataset):
     size (contrastive losses under DDP gather equal batches). ``skipped`` lists the errors, each
     naming its file; callbacks.data_health counts them. In evaluation the replacement repeats
     a sample ``index`` that the metrics already drop as a duplicate.
+
+    ``languages`` (K > 1 synthetic languages, datamodules/languages.py): a sample also has
+    ``text_k``, its caption in all K languages (language 0 first); ``text`` stays language 0,
+    or with ``random_language`` (training) is one language drawn afresh from torch's RNG, so a
+    1-to-1 method sees every language.
     """
 
     #: Items tried for one sample before the requested item's error is raised.
@@ -150,11 +156,15 @@ class PairDataset(Dataset):
         labels: dict[str, np.ndarray] | None = None,
         pairs: str = "caption",
         id_key: str = "item_id",
+        languages: SyntheticLanguages | None = None,
+        random_language: bool = False,
     ) -> None:
         if pairs not in TRAIN_PAIRS:
             raise ValueError(f"pairs must be one of {TRAIN_PAIRS}, got {pairs!r}")
         self.captions, self.load, self.pairs, self.id_key = captions, load, pairs, id_key
         self.labels = labels or {}
+        self.languages = languages if languages is not None and languages.num > 1 else None
+        self.random_language = random_language
 
     def __len__(self) -> int:
         return len(self.captions) if self.pairs == "caption" else self.captions.num_items
@@ -185,6 +195,11 @@ class PairDataset(Dataset):
                 item = (item + 1) % self.captions.num_items
                 caption = self._caption_of(item)
         sample.update(text=self.captions.text(caption), index=caption, **{self.id_key: item})
+        if self.languages is not None:
+            sample["text_k"] = self.languages.parallel(sample["text"])
+            if self.random_language:
+                language = int(torch.randint(self.languages.num, ()).item())
+                sample["text"] = sample["text_k"][language]
         for task, ids in self.labels.items():
             sample[f"label/{task}"] = int(ids[item])
         sample["skipped"] = [str(err) for err in errors]
@@ -193,8 +208,10 @@ class PairDataset(Dataset):
 
 class TokenizeCollate:
     """Stacks tensors, turns ints into a long tensor, tokenizes ``text`` into ``text_ids`` and
-    ``text_mask``, and joins the samples' ``skipped`` lists into one list of strings (empty
-    when every file loaded; a list, so batch transfer and micro-batch splitting leave it be)."""
+    ``text_mask`` (the K parallel captions ``text_k`` into ``text_ids_k`` / ``text_mask_k``
+    ``[B, K, L]``, padded together), and joins the samples' ``skipped`` lists into one list of
+    strings (empty when every file loaded; a list, so batch transfer and micro-batch splitting
+    leave it be)."""
 
     def __init__(self, tokenizer: WordTokenizer) -> None:
         self.tokenizer = tokenizer
@@ -205,6 +222,10 @@ class TokenizeCollate:
             values = [s[key] for s in samples]
             if key == "text":
                 batch["text_ids"], batch["text_mask"] = self.tokenizer.encode(values)
+            elif key == "text_k":
+                ids, mask = self.tokenizer.encode([text for texts in values for text in texts])
+                shape = (len(values), -1, ids.shape[1])
+                batch["text_ids_k"], batch["text_mask_k"] = ids.view(shape), mask.view(shape)
             elif key == "skipped":
                 batch[key] = [reason for reasons in values for reason in reasons]
             elif isinstance(values[0], torch.Tensor):
@@ -240,6 +261,44 @@ class SiblingShuffle(Sampler[int]):
             if len(group) == 2 and torch.rand((), generator=self.generator).item() < 0.5:
                 group = group[::-1]
             yield from group
+
+
+class GroupBatches(Sampler[list[int]]):
+    """Global batches drawn within groups: every batch holds samples of one group only
+    (``groups[k]``: the group of sample ``k``). Each epoch shuffles every group, cuts it into
+    full batches (a group's remainder is dropped), and shuffles the batches of all groups
+    together, as the batch sampler of MCL's official code does. Deterministic from ``seed``.
+    Used for MCL's feature-aware negatives: the in-batch negatives of a sample all share its
+    cluster."""
+
+    def __init__(self, groups: np.ndarray, batch_size: int, seed: int) -> None:
+        self.groups = np.asarray(groups, dtype=np.int64)
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.members = [np.flatnonzero(self.groups == g) for g in np.unique(self.groups)]
+        if len(self) == 0:
+            sizes = sorted(len(m) for m in self.members)
+            raise ValueError(
+                f"no group has batch_size {batch_size} samples (largest {sizes[-1]} of "
+                f"{len(sizes)} groups): use fewer clusters or a smaller batch"
+            )
+
+    @property
+    def sampler(self) -> GroupBatches:
+        """Itself: its own generator is the order's (see ``ResumableLoader``)."""
+        return self
+
+    def __len__(self) -> int:
+        return sum(len(m) // self.batch_size for m in self.members)
+
+    def __iter__(self):
+        batches = []
+        for members in self.members:
+            order = members[torch.randperm(len(members), generator=self.generator).numpy()]
+            full = len(order) // self.batch_size * self.batch_size
+            batches += np.split(order[:full], full // self.batch_size) if full else []
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[b].tolist()
 
 
 class RankSlices(Sampler[list[int]]):
@@ -352,6 +411,7 @@ class PairDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.datasets: dict[str, PairDataset] = {}
         self._siblings: dict[str, np.ndarray] = {}
+        self._item_groups: np.ndarray | None = None
 
     #: The modalities the data pairs, item side first (``item_id``), caption side second
     #: (``index``); each is a batch key fed to the tower of that name.
@@ -408,6 +468,25 @@ class PairDataModule(L.LightningDataModule):
         first = np.flatnonzero(sibling > np.arange(len(sibling)))
         return np.stack([first, sibling[first]], axis=1)
 
+    def group_batches(self, item_groups: np.ndarray | None) -> None:
+        """Draw training batches within groups of training items (``item_groups[i]``: the
+        group of item ``i``; None: random batches again). See :class:`GroupBatches`."""
+        if item_groups is not None:
+            num_items = self.datasets["train"].captions.num_items
+            if len(item_groups) != num_items:
+                raise ValueError(f"{len(item_groups)} item groups for {num_items} train items")
+        self._item_groups = item_groups
+
+    def ordered_loader(self, split: str) -> DataLoader:
+        """Every sample of ``split`` in order on this process, not sharded (e.g. to embed the
+        whole training set on each rank)."""
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.eval_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=TokenizeCollate(self.tokenizer),
+        )
+
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
 
@@ -450,7 +529,10 @@ class PairDataModule(L.LightningDataModule):
         order: Sampler[int] = RandomSampler(dataset, generator=generator)
         if getattr(self.cfg, "sibling_batches", False):
             order = SiblingShuffle(self._siblings.get(split, np.full(len(dataset), -1)), self.seed)
-        batches = BatchSampler(order, self.batch_size, drop_last=True)
+        batches: BatchSampler | GroupBatches = BatchSampler(order, self.batch_size, drop_last=True)
+        if self._item_groups is not None:
+            items = np.arange(len(dataset)) if dataset.pairs == "image" else dataset.captions.item
+            batches = GroupBatches(self._item_groups[items], self.batch_size, self.seed)
         return ResumableLoader(
             dataset,
             batch_sampler=RankSlices(batches, rank, world),

@@ -81,6 +81,7 @@ METHODS = Registry(
         "modules.clip",
         "modules.clip_refine",
         "modules.cuaxu",
+        "modules.mcl",
     ],
 )
 TOWERS = Registry(

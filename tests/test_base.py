@@ -13,7 +13,7 @@ from modules.base import warmup_cosine
 from modules.clip import CLIP
 from modules.clip_refine import CLIPRefine
 from modules.towers.tokenizer import WordTokenizer
-from tests.tiny_modules import tiny_module
+from tests.tiny_modules import MODEL, OPTIM, tiny_module
 
 VOCAB = WordTokenizer.build(["a red circle", "a blue square left of it"]).vocab
 
@@ -40,6 +40,16 @@ def batches(n: int, size: int = 4) -> list[dict[str, torch.Tensor]]:
             }
         )
     return out
+
+
+def make_frozen(frozen: list[str]) -> CLIP:
+    return CLIP(
+        method={"name": "clip"},
+        model={**MODEL, "frozen": frozen},
+        optim=OPTIM,
+        vocab=VOCAB,
+        context={"modalities": ["image", "text"], "image_size": 16, "max_text_len": 8},
+    )
 
 
 def fit(module, steps: int) -> None:
@@ -125,3 +135,60 @@ def test_teacher_is_a_frozen_snapshot():
         torch.testing.assert_close(value, before[name])
     moved = any(not torch.equal(refine.towers.state_dict()[k], before[k]) for k in before)
     assert moved, "the student should train while the teacher stays fixed"
+
+
+def test_frozen_towers_get_no_gradient_and_stay_in_eval_mode():
+    module = make_frozen(["image"])
+    before = {k: v.clone() for k, v in module.towers["image"].state_dict().items()}
+    text_before = {k: v.clone() for k, v in module.towers["text"].state_dict().items()}
+    module.train()
+    assert not module.towers["image"].training and module.towers["text"].training
+    assert not any(p.requires_grad for p in module.towers["image"].parameters())
+    fit(module, 2)
+    after = module.towers["image"].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    changed = module.towers["text"].state_dict()
+    assert any(not torch.equal(text_before[k], changed[k]) for k in text_before)
+
+
+def test_frozen_names_must_be_towers_of_the_data():
+    with pytest.raises(ValueError, match=r"model.frozen: \['audio'\] not among"):
+        make_frozen(["audio"])
+
+
+def test_init_from_one_tower_keeps_the_other_and_the_temperature():
+    source, target = make(), make_frozen([])
+    with torch.no_grad():
+        source.logit_scale.fill_(1.0)
+    text_before = {k: v.clone() for k, v in target.towers["text"].state_dict().items()}
+    target.load_student_weights(source.state_dict(), ("image",))
+    for k, v in source.towers["image"].state_dict().items():
+        assert torch.equal(target.towers["image"].state_dict()[k], v)
+    for k, v in text_before.items():
+        assert torch.equal(target.towers["text"].state_dict()[k], v)
+    assert target.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    target.load_student_weights(source.state_dict())  # all towers + temperature
+    assert target.logit_scale.item() == 1.0
+
+
+def test_features_from_is_refused_by_methods_that_do_not_read_it():
+    with pytest.raises(ValueError, match="features_from: method clip does not read"):
+        make().prepare_fit(None, [make()])
+    make().prepare_fit(None, [])  # nothing to read: fine
+
+
+def test_metrics_and_losses_read_the_embedding_hook():
+    class Doubled(CLIP):
+        def embedding(self, side, output):
+            return output.pooled * 2 if side == "image" else -output.pooled
+
+    plain, doubled = make(), make(Doubled)
+    doubled.load_state_dict(plain.state_dict())
+    batch = batches(1)[0]
+    out = plain._eval_step(batch, "val")
+    mapped = doubled._eval_step(batch, "val")
+    assert torch.allclose(mapped["raw"]["item"], 2 * out["raw"]["item"])
+    assert torch.allclose(mapped["caption"], -out["caption"])
+    assert torch.allclose(
+        doubled.encode_texts(["a red circle"]), -plain.encode_texts(["a red circle"])
+    )

