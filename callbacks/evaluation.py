@@ -22,6 +22,7 @@ from torchmetrics import Metric
 from callbacks.metrics import (
     AlignmentUniformity,
     ChoiceAccuracy,
+    ClassRetrieval,
     ModalityGap,
     RetrievalMetrics,
     ZeroShotAccuracy,
@@ -55,6 +56,8 @@ class EmbeddingMetrics(pl.Callback):
         self._binary: dict[str, ZeroShotAUROC] = {}
         self._choice: dict[str, ChoiceAccuracy] = {}
         self._choice_inputs: dict[str, tuple[str, str]] = {}
+        self._class_labels: tuple[str, ...] = ()
+        self._class_retrieval: ClassRetrieval | None = None
         self._prompts: dict[str, Tensor] = {}
         self._modalities: tuple[str, str] = ("image", "text")
 
@@ -110,6 +113,8 @@ class EmbeddingMetrics(pl.Callback):
         self._binary = {task: ZeroShotAUROC().to(device) for task in binary}
         self._choice_inputs = dict(getattr(datamodule, "choice_tasks", None) or {})
         self._choice = {task: ChoiceAccuracy().to(device) for task in self._choice_inputs}
+        self._class_labels = tuple(getattr(datamodule, "class_retrieval_labels", None) or ())
+        self._class_retrieval = ClassRetrieval().to(device) if self._class_labels else None
 
     def _update(self, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> None:
         if not outputs:
@@ -130,6 +135,8 @@ class EmbeddingMetrics(pl.Callback):
             if task in labels:
                 negative, positive = (item.float() @ self._prompts[task].T).unbind(dim=1)
                 metric.update(positive - negative, labels[task], index)
+        if self._class_retrieval is not None:
+            self._class_retrieval.update(item, class_ids(labels, self._class_labels), item_id)
         for task, metric in self._choice.items():
             key, modality = self._choice_inputs[task]
             candidate_side = self._modalities.index(modality)
@@ -170,4 +177,17 @@ class EmbeddingMetrics(pl.Callback):
             if metric.update_count:
                 for key, value in metric.compute().items():
                     values[f"{stage}/{task}/{key}"] = value
+        if self._class_retrieval is not None and self._class_retrieval.update_count:
+            for key, value in self._class_retrieval.compute().items():
+                values[f"{stage}/class_retrieval/{key}"] = value
         pl_module.log_dict(values, sync_dist=False)
+
+
+def class_ids(labels: dict[str, Tensor], names: tuple[str, ...]) -> Tensor:
+    """One class id per row from several labels (label values < 1024); -1 where one is < 0."""
+    ids = torch.zeros_like(labels[names[0]])
+    missing = torch.zeros_like(ids, dtype=torch.bool)
+    for name in names:
+        ids = ids * 1024 + labels[name]
+        missing |= labels[name] < 0
+    return ids.masked_fill(missing, -1)

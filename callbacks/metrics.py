@@ -12,6 +12,7 @@ repeated item rows of a multi-caption dataset into one item each.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -340,3 +341,69 @@ class ChoiceAccuracy(Metric):
             "accuracy": 100.0 * (positive - negative > self.tie_tolerance).float().mean(),
             "auroc": binary_auroc(torch.cat([positive, negative]), labels),
         }
+
+
+class ClassRetrieval(Metric):
+    """Image-to-image retrieval by class: every distinct item (by ``item_id``) queries all the
+    others (itself excluded); the items of its class are the positives.
+
+    - ``R1``: percentage of queries whose nearest other item is of their class; ties are
+      pessimistic (a negative scoring as high as the best positive counts as ahead of it).
+    - ``mAP``: mean over queries of the average precision, with the precision at a positive of
+      score ``x`` taken as (positives scoring >= x) / (items scoring >= x) (pessimistic ties;
+      exact AP without ties). Collapsed embeddings score the class frequency.
+
+    Queries without another item of their class, and rows with class -1, are left out.
+    """
+
+    full_state_update = False
+
+    def __init__(self, block_size: int = 512, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.block_size = block_size
+        for name in ("embedding", "label", "item_id"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, embedding: Tensor, label: Tensor, item_id: Tensor) -> None:
+        """L2-normalised item embeddings [B, D], their class [B] and ``item_id`` [B]."""
+        self.embedding.append(embedding.detach().float())
+        self.label.append(label.detach().long())
+        self.item_id.append(item_id.detach().long())
+
+    def compute(self) -> dict[str, Tensor]:
+        rows = first_occurrence(dim_zero_cat(self.item_id))
+        embedding, label = dim_zero_cat(self.embedding)[rows], dim_zero_cat(self.label)[rows]
+        keep = label >= 0
+        embedding, label = embedding[keep], label[keep]
+        n = len(label)
+
+        def at_least(sorted_rows: Tensor, x: Tensor) -> Tensor:
+            """Per row, how many of the row's values are >= each entry of ``x``."""
+            return n - torch.searchsorted(sorted_rows, x.contiguous(), side="left")
+
+        hits, precisions = [], []
+        for start in range(0, n, self.block_size):
+            stop = min(start + self.block_size, n)
+            scores = embedding[start:stop] @ embedding.T
+            own = torch.arange(start, stop, device=scores.device)
+            scores[own - start, own] = -torch.inf  # the query itself
+            positive = label[start:stop, None] == label[None, :]
+            positive[own - start, own] = False
+            positive_scores = torch.where(positive, scores, -torch.inf)
+            all_sorted = scores.sort(dim=1).values
+            positive_sorted = positive_scores.sort(dim=1).values
+            count = positive.sum(dim=1)
+            valid = count > 0
+            best = positive_scores.max(dim=1, keepdim=True).values
+            ahead = at_least(all_sorted, best) - at_least(positive_sorted, best)
+            hits.append((ahead == 0).squeeze(1)[valid])
+            ranked = at_least(all_sorted, scores).clamp_min(1)
+            precision = at_least(positive_sorted, scores) / ranked
+            ap = (precision * positive).sum(dim=1) / count.clamp_min(1)
+            precisions.append(ap[valid])
+        hit = torch.cat(hits).float() if hits else embedding.new_empty(0)
+        ap = torch.cat(precisions).float() if precisions else embedding.new_empty(0)
+        if len(hit) == 0:
+            nan = torch.tensor(float("nan"), device=embedding.device)
+            return {"R1": nan, "mAP": nan.clone()}
+        return {"R1": 100.0 * hit.mean(), "mAP": 100.0 * ap.mean()}

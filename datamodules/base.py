@@ -434,6 +434,12 @@ class PairDataModule(L.LightningDataModule):
         return {}
 
     @property
+    def class_retrieval_labels(self) -> tuple[str, ...]:
+        """Labels (``label/<name>``) whose combination is an item's class for item-to-item
+        retrieval by class (``{stage}/class_retrieval/*``); none by default."""
+        return ()
+
+    @property
     def choice_tasks(self) -> dict[str, tuple[str, str]]:
         """Task -> (batch key, modality): a wrong candidate of that modality for each sample
         (e.g. a time-shifted clip). Scored as the fraction of samples whose true pair is more

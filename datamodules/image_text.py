@@ -5,6 +5,8 @@ Batches: ``image`` float32 [B, 3, S, S] in [-1, 1], ``text_ids`` / ``text_mask``
 captions of one image) and, for the built-in data, ``label/shape``, ``label/color``,
 ``label/count``. Training draws one caption per image per epoch (``train_pairs: image``) or
 uses every pair (``caption``); validation and test always iterate over every pair in order.
+With ``languages: K > 1`` every caption also comes in K synthetic parallel languages
+(``text_ids_k`` / ``text_mask_k`` [B, K, L], image-major; see datamodules/languages.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from datamodules.embedded.shapes import (
     zero_shot_prompts,
 )
 from datamodules.formats import read_coco, read_jsonl
+from datamodules.languages import SyntheticLanguages
 from datamodules.media import IMAGE_ERRORS, MediaError
 from datamodules.transforms import AugmentConfig, ImageTransform
 from modules.registry import DATAMODULES
@@ -75,6 +78,10 @@ class ImageTextDataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache_dir: str | None = None
     seed: int = 0
+    # K > 1: every caption in K synthetic parallel languages (datamodules/languages.py); batches
+    # add text_ids_k / text_mask_k [B, K, L]; training text_ids hold one random language per
+    # sample, evaluation text_ids language 0 (the original). 1: the data as it is.
+    languages: int = 1
     # training/evaluation stops (callbacks.data_health) when more than this fraction of the
     # samples had a bad file (missing, corrupt); below it bad files are skipped and logged
     max_skipped_fraction: float = 0.01
@@ -88,6 +95,8 @@ class ImageTextDataConfig:
             raise ValueError(f"data.train_pairs must be one of {TRAIN_PAIRS}")
         if self.sibling_batches and self.train_pairs != "image":
             raise ValueError("data.sibling_batches needs data.train_pairs: image")
+        if self.languages < 1:
+            raise ValueError(f"data.languages must be at least 1, got {self.languages}")
         if self.format != "embedded" and not self.root:
             raise ValueError(f"data.format {self.format!r} needs data.root")
 
@@ -142,6 +151,7 @@ class ImageTextDataModule(PairDataModule):
     ) -> None:
         cfg = cfg or ImageTextDataConfig()
         super().__init__(cfg, tokenizer)
+        self.languages = SyntheticLanguages(cfg.languages)
         self.shapes: ShapesConfig | None = None
         if cfg.format == "embedded":
             self.shapes = ShapesConfig(
@@ -163,8 +173,22 @@ class ImageTextDataModule(PairDataModule):
         }
 
     @property
+    def class_retrieval_labels(self) -> tuple[str, ...]:
+        """The built-in scenes' class: shape x colour of the main object."""
+        return ("shape", "color") if self.cfg.format == "embedded" else ()
+
+    @property
     def zero_shot_tasks(self) -> dict[str, list[str]]:
         return zero_shot_prompts() if self.shapes is not None else {}
+
+    def setup(self, stage: str | None = None) -> None:
+        """As the base, but with K > 1 languages the tokenizer learns every language's words."""
+        if self.tokenizer is None and self.languages.num > 1:
+            if "train" not in self.datasets:
+                self.datasets["train"] = self._dataset("train")
+            texts = self.languages.translate_all(self.datasets["train"].captions.all_texts())
+            self.tokenizer = WordTokenizer.build(texts, max_len=self.cfg.max_text_len)
+        super().setup(stage)
 
     def prepare_data(self) -> None:
         """Generate the built-in data once (Lightning calls this on one process per node)."""
@@ -201,4 +225,11 @@ class ImageTextDataModule(PairDataModule):
             read = read_jsonl if self.cfg.format == "jsonl" else read_coco
             files = read(self.cfg.manifest(split), self.cfg.image_dir(split))
             images, captions = FileImages(files, self.cfg.image_size), files.captions
-        return PairDataset(captions, LoadImage(images, transform), labels, pairs)
+        return PairDataset(
+            captions,
+            LoadImage(images, transform),
+            labels,
+            pairs,
+            languages=self.languages,
+            random_language=train,
+        )

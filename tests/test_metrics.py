@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from callbacks.metrics import (
     AlignmentUniformity,
     ChoiceAccuracy,
+    ClassRetrieval,
     ModalityGap,
     RetrievalMetrics,
     ZeroShotAccuracy,
@@ -352,3 +353,57 @@ def test_two_process_sync_equals_one_process():
         other.join(timeout=60)
     assert other.exitcode == 0
     assert_dicts_close(got, all_metrics(rows), tol=1e-9)
+
+
+# ------------------------------------------------------------------ retrieval by class
+
+
+def brute_force(embedding, label):
+    hits, aps = [], []
+    n = len(label)
+    for q in range(n):
+        others = [j for j in range(n) if j != q]
+        positives = [j for j in others if label[j] == label[q]]
+        if not positives or label[q] < 0:
+            continue
+        score = {j: float(embedding[q] @ embedding[j]) for j in others if label[j] >= 0}
+        best = max(score[j] for j in positives)
+        hits.append(all(score[j] < best for j in score if label[j] != label[q]))
+        precisions = []
+        for k in positives:
+            ahead = [j for j in score if score[j] >= score[k]]
+            precisions.append(sum(label[j] == label[q] for j in ahead) / len(ahead))
+        aps.append(sum(precisions) / len(precisions))
+    return 100.0 * sum(hits) / len(hits), 100.0 * sum(aps) / len(aps)
+
+
+def test_class_retrieval_matches_brute_force_with_duplicates_ties_and_singletons():
+    g = torch.Generator().manual_seed(3)
+    embedding = F.normalize(torch.randn(12, 3, generator=g), dim=1)
+    embedding[3] = embedding[2]  # an exact tie across classes (2 vs 0)
+    label = torch.tensor([0, 1, 0, 2, 1, 0, 2, 1, 0, 3, -1, 2])  # class 3 has one item
+    metric = ClassRetrieval(block_size=5)
+    # items arrive in two batches, item 4 twice (padding duplicate) with its first row kept
+    metric.update(embedding[:7], label[:7], torch.arange(7))
+    metric.update(
+        torch.cat([embedding[7:], embedding[4:5] * 0]),
+        torch.cat([label[7:], torch.tensor([0])]),
+        torch.cat([torch.arange(7, 12), torch.tensor([4])]),
+    )
+    got = metric.compute()
+    want_r1, want_map = brute_force(embedding.double(), label.tolist())
+    assert got["R1"].item() == pytest.approx(want_r1, abs=1e-4)
+    assert got["mAP"].item() == pytest.approx(want_map, abs=1e-4)
+
+
+def test_class_retrieval_limits():
+    label = torch.tensor([0, 0, 1, 1, 2, 2])
+    perfect = F.one_hot(label, 3).float()
+    metric = ClassRetrieval()
+    metric.update(perfect, label, torch.arange(6))
+    assert {k: v.item() for k, v in metric.compute().items()} == {"R1": 100.0, "mAP": 100.0}
+    collapsed = ClassRetrieval()
+    collapsed.update(torch.ones(6, 2) / 2**0.5, label, torch.arange(6))
+    result = collapsed.compute()
+    assert result["R1"].item() == 0.0  # ties are pessimistic
+    assert result["mAP"].item() == pytest.approx(100.0 / 5)  # one positive among five others
