@@ -79,9 +79,16 @@ METHODS = Registry(
     [
         "modules.align",
         "modules.clip",
+        "modules.clip_mea",
         "modules.clip_refine",
+        "modules.clip_rocket",
+        "modules.close",
         "modules.cuaxu",
+        "modules.cwcl",
+        "modules.fdt",
         "modules.mcl",
+        "modules.one_to_k",
+        "modules.structure",
     ],
 )
 TOWERS = Registry(

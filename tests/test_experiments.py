@@ -58,6 +58,10 @@ def tiny(store: Path, *extra: str) -> list[str]:
 #: cluster; tests/test_mcl.py checks the clustered batches themselves).
 TINY_EXTRA = {
     "mcl.yaml": ["stages.stage1.method.num_clusters=1", "stages.stage2.method.num_clusters=1"],
+    "structure.yaml": [
+        "stages.structure.data.num_train=48",
+        "stages.structure.trainer.max_epochs=1",
+    ],
 }
 
 
