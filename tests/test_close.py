@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from modules.close import CLOSE, GaussianNoise
 from modules.towers.tokenizer import WordTokenizer
-from tests.tiny_modules import MODEL, OPTIM
+from tests.tiny_modules import MODEL, OPTIM, tiny_batch
 
 VOCAB = WordTokenizer.build(["a red circle", "a blue square left of it"]).vocab
 CLASSES = {"shape": 3, "color": 2}
@@ -62,19 +62,15 @@ def module(**method) -> CLOSE:
 
 
 def batch(size: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ids, mask = WordTokenizer(VOCAB, max_len=8).encode(
-        ["a red circle", "a blue square", "a red square", "left of it"][:size]
+    return tiny_batch(
+        VOCAB,
+        ["a red circle", "a blue square", "a red square", "left of it"][:size],
+        seed,
+        **{
+            "label/shape": torch.tensor([0, 1, 1, 2][:size]),
+            "label/color": torch.tensor([0, 1, 0, 1][:size]),
+        },
     )
-    return {
-        "image": torch.randn(size, 3, 16, 16, generator=g),
-        "text_ids": ids,
-        "text_mask": mask,
-        "index": torch.arange(size),
-        "item_id": torch.arange(size),
-        "label/shape": torch.tensor([0, 1, 1, 2][:size]),
-        "label/color": torch.tensor([0, 1, 0, 1][:size]),
-    }
 
 
 def trainer(steps: int) -> L.Trainer:

@@ -9,7 +9,7 @@ import torch
 from modules.clip_mea import ClipMEA
 from modules.cwcl import CWCL
 from modules.towers.tokenizer import WordTokenizer
-from tests.tiny_modules import MODEL, OPTIM
+from tests.tiny_modules import MODEL, OPTIM, tiny_batch
 
 WORDS = ["a picture of a red green blue circle square triangle shape left"]
 VOCAB = WordTokenizer.build(WORDS).vocab
@@ -28,20 +28,16 @@ def build(cls, method: dict, frozen: list[str]):
 
 def batch(size: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    ids, mask = WordTokenizer(VOCAB, max_len=8).encode(
-        ["a red circle", "a blue square", "a green triangle", "a red square", "left", "a shape"][
-            :size
-        ]
+    captions = ["a red circle", "a blue square", "a green triangle", "a red square", "left"]
+    return tiny_batch(
+        VOCAB,
+        (captions + ["a shape"])[:size],
+        seed,
+        **{
+            "label/shape": torch.randint(3, (size,), generator=g),
+            "label/color": torch.randint(3, (size,), generator=g),
+        },
     )
-    return {
-        "image": torch.randn(size, 3, 16, 16, generator=g),
-        "text_ids": ids,
-        "text_mask": mask,
-        "index": torch.arange(size),
-        "item_id": torch.arange(size),
-        "label/shape": torch.randint(3, (size,), generator=g),
-        "label/color": torch.randint(3, (size,), generator=g),
-    }
 
 
 def step(module) -> None:

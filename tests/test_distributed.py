@@ -8,18 +8,17 @@ One spawn runs every case; workers write their results to files the test then co
 """
 
 import math
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from modules.distributed import gather_no_grad, gather_with_grad, rank, world_size
 from modules.losses.clip_refine import hycd_loss
 from modules.losses.contrastive import align_loss, clip_loss
 from modules.losses.contrastive_gap import alignment, cross_modal_uniformity, in_modal_uniformity
+from tests.processes import spawn_and_wait
 
 WORLD, N, IN_DIM, DIM = 2, 8, 6, 5
 # ids 5 and 2 have positives on both ranks (rows 0/5 and 3/4).
@@ -139,15 +138,7 @@ def _worker(local_rank: int, store_path: str, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("ddp")
-    context = mp.start_processes(
-        _worker, args=(str(tmp / "store"), str(tmp)), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=2):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("distributed workers did not finish within 120 s")
+    spawn_and_wait(_worker, (str(tmp / "store"), str(tmp)), WORLD)
     return [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
 
 

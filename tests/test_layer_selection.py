@@ -14,7 +14,7 @@ from modules.base import load_checkpoint
 from modules.layer_selection import layer_scores, mutual_knn, nearest_neighbours, rice_k
 from modules.structure import Structure
 from modules.towers.tokenizer import WordTokenizer
-from tests.tiny_modules import MODEL, OPTIM
+from tests.tiny_modules import MODEL, OPTIM, tiny_batch
 
 VOCAB = WordTokenizer.build(["a red circle", "a blue square left of it"]).vocab
 TEXTS = ["a red circle", "a blue square", "a red square", "left of it", "a blue circle"]
@@ -38,14 +38,7 @@ def make(text=None, image=None, **method):
 
 
 def batch(size: int = 5, seed: int = 0) -> dict[str, torch.Tensor]:
-    ids, mask = WordTokenizer(VOCAB, max_len=8).encode([TEXTS[i % 5] for i in range(size)])
-    return {
-        "image": torch.randn(size, 3, 16, 16, generator=torch.Generator().manual_seed(seed)),
-        "text_ids": ids,
-        "text_mask": mask,
-        "index": torch.arange(size),
-        "item_id": torch.arange(size),
-    }
+    return tiny_batch(VOCAB, [TEXTS[i % 5] for i in range(size)], seed)
 
 
 def slow_mutual_knn(a, b, k):

@@ -4,18 +4,17 @@ CLIP limit and DDP exactness; Mean Rank Variance by hand and through the per-lan
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from modules.losses.contrastive import clip_loss
 from modules.losses.one_to_k import one_to_k_loss
 from modules.one_to_k import OneToKConfig, RetrievalWithRanks, mean_rank_variance
+from tests.processes import spawn_and_wait
 
 TOL = dict(rtol=0.0, atol=1e-12)
 
@@ -163,19 +162,7 @@ def _ddp_worker(rank: int, store_path: str, out_dir: str) -> None:
 def test_two_ranks_match_one_process(tmp_path):
     """Averaged rank losses and parameter gradients equal the single-process ones; a rank's
     input gradient is 1/world of the single-process one (DDP then averages)."""
-    context = mp.start_processes(
-        _ddp_worker,
-        args=(str(tmp_path / "store"), str(tmp_path)),
-        nprocs=WORLD,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=2):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("distributed workers did not finish within 120 s")
+    spawn_and_wait(_ddp_worker, (str(tmp_path / "store"), str(tmp_path)), WORLD)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     whole = _ddp_case(slice(None))
     b = N // WORLD

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from modules.base import DualTowerModule
 from modules.clip import CLIP
+from modules.towers.tokenizer import WordTokenizer
 
 MODEL = {
     "embed_dim": 16,
@@ -40,3 +43,20 @@ def tiny_module(
         vocab=vocab,
         context={"modalities": ["image", "text"], "image_size": 16, "max_text_len": 8},
     )
+
+
+def tiny_batch(
+    vocab: list[str], captions: list[str], seed: int = 0, **extra: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """One batch for :func:`tiny_module`: random 16x16 images (seeded), ``captions`` tokenized,
+    ``index`` = ``item_id`` = position, plus ``extra`` entries (e.g. ``label/shape``)."""
+    ids, mask = WordTokenizer(vocab, max_len=8).encode(captions)
+    size = len(captions)
+    return {
+        "image": torch.randn(size, 3, 16, 16, generator=torch.Generator().manual_seed(seed)),
+        "text_ids": ids,
+        "text_mask": mask,
+        "index": torch.arange(size),
+        "item_id": torch.arange(size),
+        **extra,
+    }
