@@ -96,6 +96,7 @@ class FDT(CLIP):
         # shared by every modality: the same K tokens describe images and texts
         self.codebook = nn.Parameter(torch.randn(cfg.num_tokens, dim))
         self.queries = nn.ModuleDict({side: query_map(dim, dim) for side in self.modalities})
+        self._active_tokens: dict[str, Tensor] = {}
 
     def weights(self, side: str, output: TowerOutput) -> Tensor:
         """``w`` [B, K] of ``side`` from its token outputs."""
@@ -106,4 +107,25 @@ class FDT(CLIP):
 
     def embedding(self, side: str, output: TowerOutput) -> Tensor:
         """The FDT embedding ``e = w @ C`` [B, d] (unnormalised; the loss and metrics normalise)."""
-        return self.weights(side, output) @ self.codebook
+        weights = self.weights(side, output)
+        self._active_tokens[side] = (weights > 0).sum(dim=-1).float().mean().detach()
+        return weights @ self.codebook
+
+    def losses(
+        self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
+    ) -> dict[str, torch.Tensor]:
+        """CLIP's loss; also logs how sparse the weights are: ``<split>/fdt/active_tokens/<side>``,
+        the mean number of codebook entries with a non-zero weight per sample (of K)."""
+        terms = super().losses(batch, outputs)
+        if self._trainer is not None:
+            split = "train" if self.training else "val" if self.trainer.validating else "test"
+            for side, active in self._active_tokens.items():
+                self.log(
+                    f"{split}/fdt/active_tokens/{side}",
+                    active,
+                    on_step=self.training,
+                    on_epoch=not self.training,
+                    batch_size=len(batch["index"]),
+                    sync_dist=not self.training,
+                )
+        return terms

@@ -111,6 +111,8 @@ def test_embedding_lies_in_the_convex_hull_of_the_codebook():
     # in the hull, every linear functional of e is at most its maximum over the codebook
     directions = torch.randn(10, 16, dtype=torch.float64)
     assert ((e @ directions.T) <= (fdt.codebook @ directions.T).amax(0) + 1e-12).all()
+    # what <split>/fdt/active_tokens/<side> logs: mean count of non-zero weights per sample
+    assert fdt._active_tokens["image"].item() == (w > 0).sum(1).double().mean().item() < 32
 
 
 def test_identical_tokens_give_identical_embeddings_across_modalities():
