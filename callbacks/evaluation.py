@@ -27,6 +27,7 @@ from callbacks.metrics import (
     RetrievalMetrics,
     ZeroShotAccuracy,
     ZeroShotAUROC,
+    combined_class,
 )
 
 
@@ -136,7 +137,10 @@ class EmbeddingMetrics(pl.Callback):
                 negative, positive = (item.float() @ self._prompts[task].T).unbind(dim=1)
                 metric.update(positive - negative, labels[task], index)
         if self._class_retrieval is not None:
-            self._class_retrieval.update(item, class_ids(labels, self._class_labels), item_id)
+            classes = combined_class(
+                [labels[name] for name in self._class_labels], [1024] * len(self._class_labels)
+            )
+            self._class_retrieval.update(item, classes, item_id)
         for task, metric in self._choice.items():
             key, modality = self._choice_inputs[task]
             candidate_side = self._modalities.index(modality)
@@ -181,13 +185,3 @@ class EmbeddingMetrics(pl.Callback):
             for key, value in self._class_retrieval.compute().items():
                 values[f"{stage}/class_retrieval/{key}"] = value
         pl_module.log_dict(values, sync_dist=False)
-
-
-def class_ids(labels: dict[str, Tensor], names: tuple[str, ...]) -> Tensor:
-    """One class id per row from several labels (label values < 1024); -1 where one is < 0."""
-    ids = torch.zeros_like(labels[names[0]])
-    missing = torch.zeros_like(ids, dtype=torch.bool)
-    for name in names:
-        ids = ids * 1024 + labels[name]
-        missing |= labels[name] < 0
-    return ids.masked_fill(missing, -1)

@@ -343,6 +343,17 @@ class ChoiceAccuracy(Metric):
         }
 
 
+def combined_class(labels: list[Tensor], sizes: list[int]) -> Tensor:
+    """One class id per row from several labels: the mixed-radix number of the label values
+    (``sizes[i]`` values for label ``i``, the first varying slowest); -1 where a label is < 0."""
+    ids = torch.zeros_like(labels[0])
+    missing = torch.zeros_like(ids, dtype=torch.bool)
+    for values, size in zip(labels, sizes, strict=True):
+        ids = ids * size + values
+        missing |= values < 0
+    return ids.masked_fill(missing, -1)
+
+
 class ClassRetrieval(Metric):
     """Image-to-image retrieval by class: every distinct item (by ``item_id``) queries all the
     others (itself excluded); the items of its class are the positives.

@@ -35,7 +35,7 @@ from experiments.checkpoints import (
 )
 from experiments.config import Stage, config_hash, references
 from experiments.tracking import Tracker
-from modules.base import load_checkpoint, load_module
+from modules.base import load_checkpoint, module_from_checkpoint
 from modules.registry import DATAMODULES, METHODS, as_dataclass
 from modules.towers.tokenizer import WordTokenizer
 
@@ -248,7 +248,11 @@ def _train(
         module.set_teacher(teacher["state_dict"])
     module.prepare_fit(
         datamodule,
-        [load_module(p) for key, p in paths.items() if key.startswith("features_from")],
+        [
+            module_from_checkpoint(loaded[p])
+            for key, p in paths.items()
+            if key.startswith("features_from")
+        ],
     )
 
     run_name = (

@@ -45,7 +45,11 @@ def load_checkpoint(path: str) -> dict[str, Any]:
 
 def load_module(path: str) -> DualTowerModule:
     """The trained method of a checkpoint, rebuilt with its config and tokenizer, in eval mode."""
-    checkpoint = load_checkpoint(path)
+    return module_from_checkpoint(load_checkpoint(path))
+
+
+def module_from_checkpoint(checkpoint: dict[str, Any]) -> DualTowerModule:
+    """:func:`load_module` for a checkpoint already read with :func:`load_checkpoint`."""
     hparams = checkpoint["hyper_parameters"]
     module = METHODS.get(hparams["method"]["name"]).cls(**hparams)
     module.load_state_dict(checkpoint["state_dict"], strict=True)

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from callbacks.metrics import combined_class
 from datamodules.embedded.shapes import COLORS, COUNT_WORDS, SHAPES
 from modules.base import DualTowerModule, MethodConfig
 from modules.losses.contrastive import clip_loss
@@ -140,13 +141,10 @@ class ClipMEA(DualTowerModule):
         """The combined class of every row (mixed radix over ``labels``); -1 where a label is
         missing (-1)."""
         cfg = self.method_cfg
-        ids = torch.zeros_like(batch["item_id"])
-        missing = torch.zeros_like(ids, dtype=torch.bool)
-        for label in cfg.labels:
-            values = batch[f"label/{label}"]
-            ids = ids * len(cfg.class_names[label]) + values
-            missing |= values < 0
-        return ids.masked_fill(missing, -1)
+        return combined_class(
+            [batch[f"label/{label}"] for label in cfg.labels],
+            [len(cfg.class_names[label]) for label in cfg.labels],
+        )
 
     def losses(
         self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
