@@ -13,8 +13,9 @@ tiles' log-sum-exps in the forward pass and recomputes each tile's softmax in th
 so peak memory is O(block_elements) beyond the inputs whatever the batch size. The target term
 is linear in the logits, so it has a closed form, ``sum_j q_ij s_ij = scale <rows_i, t_i>``
 with ``t_i = (1 - eps)/n_i * (sum of the columns sharing row i's id) + eps/C * sum_j cols_j``,
-computed in O((R + C) D) with ordinary autograd. Under DDP the caller passes local rows and
-gathered columns (``gather_with_grad``), exactly as for the plain loss.
+computed in O((R + C) D) with ordinary autograd. Under DDP the caller passes this rank's rows
+and columns with their ids; the columns are gathered here (``gather_with_grad``, ids with
+``gather_no_grad``), exactly as the plain loss does.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
+
+from modules.distributed import gather_no_grad, gather_with_grad
 
 
 def _tiles(rows: int, cols: int, block_elements: int) -> Iterator[tuple[slice, slice]]:
@@ -92,9 +95,14 @@ def chunked_soft_cross_entropy(
 ) -> Tensor:
     """Mean over rows of the label-smoothed multi-positive cross-entropy of the logits
     ``scale * rows @ cols.T`` (targets from equal ids), computed in tiles of at most
-    ``block_elements`` logits; value and gradients equal the full-matrix loss."""
+    ``block_elements`` logits; value and gradients equal the full-matrix loss.
+
+    ``rows`` [R, D] / ``row_ids`` [R] and ``cols`` [C, D] / ``col_ids`` [C]: this rank's local
+    rows and columns; the columns of every rank are gathered here.
+    """
     if block_elements < 1:
         raise ValueError(f"block_elements must be positive, got {block_elements}")
+    cols, col_ids = gather_with_grad(cols), gather_no_grad(col_ids)
     scale = torch.as_tensor(scale, dtype=rows.dtype, device=rows.device)
     eps = float(label_smoothing)
     lse = _TiledLogSumExp.apply(rows, cols, scale, int(block_elements))

@@ -19,7 +19,11 @@ through the separate local projectors, L2-normalised.
 - SwALIP: the other modality's batch serves as prototypes; Sinkhorn-Knopp on the cosine scores
   of one view pair gives the soft targets of the swapped view pair.
 
-The functions here see the whole batch: the method gathers across ranks (with gradients) first.
+Every loss takes this rank's local rows (already through the method's heads) and gathers what
+it needs inside: CL2L as :func:`~modules.losses.contrastive.clip_loss`; BarLIP's
+cross-correlation needs the whole batch, so its inputs are gathered with gradients; SiamLIP is a
+mean over samples, exact per rank without a gather; SwALIP scores local rows against gathered
+columns and takes its (detached) Sinkhorn targets from the whole gathered score matrix.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from modules.distributed import gather_with_grad, rank
 from modules.losses.contrastive import clip_loss, soft_target_cross_entropy
+from modules.losses.sinkhorn import sinkhorn_knopp
 
 
 def cl2l_loss(
@@ -79,7 +85,12 @@ def barlip_loss(
     off_diagonal_weight: float = 5e-3,
     scale: float = 0.025,
 ) -> Tensor:
-    """Barlow Twins averaged over the global pair and every (image view, text view) pair."""
+    """Barlow Twins averaged over the global pair and every (image view, text view) pair, on the
+    global batch: local rows [b, D] in, each gathered with gradients (the official code
+    all-reduces the cross-correlation instead; same value)."""
+    image, text = gather_with_grad(image), gather_with_grad(text)
+    image_views = [gather_with_grad(v) for v in image_views]
+    text_views = [gather_with_grad(v) for v in text_views]
     pairs = [(image, text), *((a, b) for a in image_views for b in text_views)]
     return sum(barlow_twins(a, b, off_diagonal_weight, scale) for a, b in pairs) / len(pairs)
 
@@ -99,7 +110,8 @@ def siamlip_loss(
 ) -> Tensor:
     """``SiamLIPLoss``: mean of :func:`negative_cosine` over (image prediction, text target),
     (text prediction, image target) for the global pair and for all A x A view pairs.
-    Each argument is an (image, text) pair; predictions map one modality to the other."""
+    Each argument is an (image, text) pair; predictions map one modality to the other. A mean
+    over samples: the per-rank mean of the local rows is exact under DDP, nothing is gathered."""
     (p_image, p_text), (v_image, v_text) = predicted, targets
     terms = [negative_cosine(p_image, v_text), negative_cosine(p_text, v_image)]
     for p_side, v_side in ((0, 1), (1, 0)):
@@ -107,21 +119,6 @@ def siamlip_loss(
             negative_cosine(p, v) for p in predicted_views[p_side] for v in target_views[v_side]
         ]
     return sum(terms) / len(terms)
-
-
-@torch.no_grad()
-def sinkhorn_knopp(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tensor:
-    """Soft assignments [B, K] of B samples to K prototypes from ``scores`` [B, K]
-    (``SwALIPLoss.sinkhorn_knopp``): ``Q = exp(scores / epsilon)`` normalised to sum 1, then
-    ``iterations`` times each prototype's mass to 1/K and each sample's to 1/B; finally scaled
-    so that every sample's row sums to 1."""
-    q = torch.exp((scores - scores.max()) / epsilon).T  # [K, B]; the shift cancels below
-    prototypes, samples = q.shape
-    q = q / q.sum()
-    for _ in range(iterations):
-        q = q / q.sum(dim=1, keepdim=True) / prototypes
-        q = q / q.sum(dim=0, keepdim=True) / samples
-    return (q * samples).T
 
 
 def swalip_loss(
@@ -134,18 +131,34 @@ def swalip_loss(
     """``SwALIPLoss``: for view pair (a, b), scores ``h^I_a h^T_b^T`` (and text -> image) at
     ``local_scale`` are trained towards the Sinkhorn targets of the swapped pair
     ``(a + 1 mod A, b + 1 mod A)`` (the official code's ``1 - a`` for its A = 2), symmetric,
-    averaged over the A^2 pairs. Views: L2-normalised [B, D]."""
+    averaged over the A^2 pairs. Views: this rank's L2-normalised rows [b, D]; they are scored
+    against the gathered columns of the other modality, and the Sinkhorn targets of the local
+    rows come from the whole gathered score matrix (its marginals span the global batch, as the
+    official code's all-reduced Sinkhorn)."""
     views = len(image_views)
     if views == 0 or views != len(text_views):
         raise ValueError(f"need as many image as text views (>0), got {views}, {len(text_views)}")
+    everyone = {
+        side: [gather_with_grad(h) for h in hs]
+        for side, hs in (("image", image_views), ("text", text_views))
+    }
+    batch = image_views[0].shape[0]
+    own = slice(rank() * batch, (rank() + 1) * batch)
+
+    def targets_of(rows: Tensor, cols: Tensor) -> Tensor:
+        return sinkhorn_knopp(rows.detach() @ cols.detach().T, epsilon, iterations)[own]
+
     scores = {
-        (a, b): (image_views[a] @ text_views[b].T, text_views[a] @ image_views[b].T)
+        (a, b): (image_views[a] @ everyone["text"][b].T, text_views[a] @ everyone["image"][b].T)
         for a in range(views)
         for b in range(views)
     }
     targets = {
-        pair: tuple(sinkhorn_knopp(s.detach(), epsilon, iterations) for s in both)
-        for pair, both in scores.items()
+        (a, b): (
+            targets_of(everyone["image"][a], everyone["text"][b]),
+            targets_of(everyone["text"][a], everyone["image"][b]),
+        )
+        for a, b in scores
     }
     loss = 0.0
     for (a, b), (image_to_text, text_to_image) in scores.items():

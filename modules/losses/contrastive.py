@@ -47,19 +47,24 @@ def multi_positive_targets(
     return targets
 
 
+def local_ids(ids: Tensor | None, batch_size: int, device: torch.device) -> Tensor:
+    """This rank's sample ids [b]: `ids`, or the global positions `rank * b + arange(b)` when
+    `None` (one positive per pair: a local row's positive is its own pair among the gathered
+    columns)."""
+    if ids is None:
+        return rank() * batch_size + torch.arange(batch_size, device=device)
+    assert ids.shape == (batch_size,), f"ids must have shape [{batch_size}], got {tuple(ids.shape)}"
+    return ids
+
+
 def row_and_column_ids(
     ids: Tensor | None, batch_size: int, device: torch.device
 ) -> tuple[Tensor, Tensor]:
-    """(local row ids [b], global column ids [world*b]); `None` means one positive per pair.
-
-    The default ids are global positions (`rank * b + arange(b)` for rows), so that the
-    positive of a local row is its own pair among the gathered columns.
-    """
-    if ids is None:
-        rows = rank() * batch_size + torch.arange(batch_size, device=device)
+    """(local row ids [b], global column ids [world*b]) from :func:`local_ids`."""
+    rows = local_ids(ids, batch_size, device)
+    if ids is None:  # the gathered positions, without a collective
         return rows, torch.arange(world_size() * batch_size, device=device)
-    assert ids.shape == (batch_size,), f"ids must have shape [{batch_size}], got {tuple(ids.shape)}"
-    return ids, gather_no_grad(ids)
+    return rows, gather_no_grad(rows)
 
 
 def clip_loss(
@@ -82,11 +87,9 @@ def clip_loss(
     assert image.shape == text.shape, f"image {tuple(image.shape)} vs text {tuple(text.shape)}"
     batch = image.shape[0]
     if block_elements is not None:
-        rows, cols = row_and_column_ids(ids, batch, image.device)
+        own = local_ids(ids, batch, image.device)
         return 0.5 * sum(
-            chunked_soft_cross_entropy(
-                a, gather_with_grad(b), logit_scale, rows, cols, label_smoothing, block_elements
-            )
+            chunked_soft_cross_entropy(a, b, logit_scale, own, own, label_smoothing, block_elements)
             for a, b in ((image, text), (text, image))
         )
     logits_i2t = logit_scale * image @ gather_with_grad(text).T

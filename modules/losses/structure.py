@@ -15,6 +15,9 @@ margin 0; checked in the author's fork hhxk233/STRUCTURE):
 ``½[KL(P‖M)+KL(Q‖M)]`` (``textbook``). Both are symmetric and zero iff ``P = Q``.
 
 Only row-to-row relations enter ``R``, so ``O`` and ``A`` may have different widths.
+``R`` relates every pair of the global batch: :func:`structure_regulariser` takes this rank's
+local rows and gathers both inputs inside (``gather_with_grad``), so every rank computes the
+same global value.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from modules.distributed import gather_with_grad
 
 WEIGHTINGS = ("none", "inverse")
 JS_FORMS = ("code", "textbook")
@@ -61,8 +66,10 @@ def structure_regulariser(
     js_form: str = "code",
     eps: float = 1e-12,
 ) -> Tensor:
-    """``R(O, A)``: how much the aligned features' multi-hop neighbourhoods in the batch differ
-    from the frozen features' (rows of ``original`` [N, D_O] and ``aligned`` [N, D_A] pair up).
+    """``R(O, A)``: how much the aligned features' multi-hop neighbourhoods in the global batch
+    differ from the frozen features' (local rows of ``original`` [b, D_O] and ``aligned``
+    [b, D_A] pair up). Both are gathered with gradients, so a gradient reaches ``original`` only
+    if the caller did not detach it (the method passes the frozen features detached).
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting: expected one of {WEIGHTINGS}, got {weighting!r}")
@@ -70,6 +77,7 @@ def structure_regulariser(
         raise ValueError(f"levels: must be at least 1, got {levels}")
     if len(original) != len(aligned):
         raise ValueError(f"{len(original)} original rows but {len(aligned)} aligned rows")
+    original, aligned = gather_with_grad(original), gather_with_grad(aligned)
     p, q = neighbourhoods(original, tau), neighbourhoods(aligned, tau)
     total = p.new_zeros(())
     for level in range(1, levels + 1):
