@@ -23,6 +23,8 @@ from torchmetrics.utilities import dim_zero_cat
 
 from modules.losses.contrastive_gap import uniformity
 
+MRV_KINDS = ("std", "var")
+
 
 def first_occurrence(ids: Tensor) -> Tensor:
     """Positions of the first row of each distinct id, ordered by id.
@@ -161,6 +163,31 @@ class RetrievalMetrics(_PairedEmbeddings):
             own = sims.gather(1, caption_item[start:stop, None])
             ranks.append(buffers.at_least(sims, own).count_nonzero(dim=1))
         return torch.cat(ranks)
+
+
+class RetrievalWithRanks(RetrievalMetrics):
+    """:class:`RetrievalMetrics` whose ``compute`` also returns each query's rank (synced across
+    ranks like the summary): ``ranks/item`` per distinct item in ``item_id`` order and
+    ``ranks/caption`` per distinct caption in ``index`` order."""
+
+    def compute(self) -> dict[str, Tensor]:
+        distinct = self._distinct()
+        return {
+            **super().compute(),
+            "ranks/item": self._item_to_caption_ranks(*distinct),
+            "ranks/caption": self._caption_to_item_ranks(*distinct),
+        }
+
+
+def mean_rank_variance(ranks: Tensor, kind: str = "std") -> Tensor:
+    """Mean Rank Variance (Nie et al. 2024) of ``ranks`` [K, N] (rank of instance ``n`` in
+    language ``k``): the mean over instances of the population standard deviation (``std``,
+    the released analysis code) or variance (``var``) over languages."""
+    if kind not in MRV_KINDS:
+        raise ValueError(f"kind must be one of {MRV_KINDS}, got {kind!r}")
+    ranks = ranks.double()
+    spread = ranks.var(dim=0, correction=0) if kind == "var" else ranks.std(dim=0, correction=0)
+    return spread.mean()
 
 
 class _BlockBuffers:
@@ -341,17 +368,6 @@ class ChoiceAccuracy(Metric):
             "accuracy": 100.0 * (positive - negative > self.tie_tolerance).float().mean(),
             "auroc": binary_auroc(torch.cat([positive, negative]), labels),
         }
-
-
-def combined_class(labels: list[Tensor], sizes: list[int]) -> Tensor:
-    """One class id per row from several labels: the mixed-radix number of the label values
-    (``sizes[i]`` values for label ``i``, the first varying slowest); -1 where a label is < 0."""
-    ids = torch.zeros_like(labels[0])
-    missing = torch.zeros_like(ids, dtype=torch.bool)
-    for values, size in zip(labels, sizes, strict=True):
-        ids = ids * size + values
-        missing |= values < 0
-    return ids.masked_fill(missing, -1)
 
 
 class ClassRetrieval(Metric):

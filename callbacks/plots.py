@@ -1,5 +1,8 @@
 """Embedding plots: an item-caption similarity matrix and a 2-D PCA of both modalities.
 
+They show the data's first two encoders (item side, caption side); data with one modality
+gets no plot.
+
 Written at the end of fit (from the last validation epoch, sanity check excluded), at the end of
 a stand-alone ``trainer.validate`` and at the end of test (files prefixed ``test_``). Each rank
 keeps the first ``max_points`` rows it sees; only global rank 0 draws, from its own rows (its
@@ -79,11 +82,16 @@ class EmbeddingPlots(pl.Callback):
         room = self.max_points - kept
         if not outputs or room <= 0:
             return
-        kept_rows = {k: outputs[k][:room].detach().cpu() for k in _KEYS}
+        embeddings = outputs["embeddings"]
+        if len(embeddings) < 2:  # one modality: nothing to pair
+            return
+        self._modalities = tuple(list(embeddings)[:2])
+        a, b = self._modalities
+        pairs = {"item": embeddings[a], "caption": embeddings[b], **outputs}
+        kept_rows = {k: pairs[k][:room].detach().cpu() for k in _KEYS}
         for k in ("item", "caption"):
             kept_rows[k] = kept_rows[k].float()
         self._rows[stage].append(kept_rows)
-        self._modalities = tuple(pl_module.modalities[:2])
 
     def _write(self, trainer: pl.Trainer, stage: str, prefix: str) -> None:
         if not trainer.is_global_zero or not self._rows[stage]:

@@ -101,12 +101,17 @@ class TinyDualTower(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         image, text = self.embed(batch)
         return {
-            "item": image,
-            "caption": text,
+            "embeddings": {"image": image, "text": text},
+            "raw": {"image": image, "text": text},
             "item_id": batch["item_id"],
             "index": batch["index"],
             "labels": {"parity": batch["label/parity"], "odd": batch["label/odd"]},
+            "targets": {},
+            "outputs": {},
         }
+
+    def evaluators(self) -> dict:
+        return {}
 
     test_step = validation_step
 
@@ -168,7 +173,10 @@ def test_callbacks_in_trainer(tmp_path, monkeypatch):
         limit_train_batches=2,
         num_sanity_val_steps=1,
         logger=logger,
-        callbacks=[EmbeddingMetrics(retrieval_block_size=3), EmbeddingPlots(tmp_path / "plots")],
+        callbacks=[
+            EmbeddingMetrics({"options": {"retrieval": {"block_size": 3}}}),
+            EmbeddingPlots(tmp_path / "plots"),
+        ],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
