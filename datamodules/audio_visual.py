@@ -46,7 +46,7 @@ from datamodules.formats.lrs import MOUTH_BOX, decode_mouth_frames, read_lrs, sp
 from datamodules.media import MediaError, decode_audio, log_mel
 from datamodules.transforms import AugmentConfig, ClipTransform
 from modules.registry import DATAMODULES
-from modules.towers.tokenizer import WordTokenizer, split_words
+from modules.words import split_words
 
 FORMATS = ("embedded", "lrs")
 DISTRACTORS = ("other", "same")
@@ -311,9 +311,7 @@ class AudioVisualDataModule(PairDataModule):
     """Voice-mouth pairs; with no arguments, the built-in talking clips (generated on first
     use into the cache)."""
 
-    def __init__(
-        self, cfg: AudioVisualDataConfig | None = None, tokenizer: WordTokenizer | None = None
-    ) -> None:
+    def __init__(self, cfg: AudioVisualDataConfig | None = None, tokenizer: Any = None) -> None:
         cfg = cfg or AudioVisualDataConfig()
         super().__init__(cfg, tokenizer)
         self.talking: TalkingConfig | None = None
@@ -366,7 +364,7 @@ class AudioVisualDataModule(PairDataModule):
 
     def _needs_train_split(self) -> bool:
         """The train split also defines the word vocabulary of real data."""
-        return self.tokenizer is None or self._word_vocab is None
+        return self._word_vocab is None
 
     def describe(self) -> str:
         """One line for logs: source and loaded split sizes."""

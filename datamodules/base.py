@@ -21,11 +21,17 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    Subset,
+)
 
 from datamodules.languages import SyntheticLanguages
 from datamodules.media import MediaError
-from modules.towers.tokenizer import WordTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +219,7 @@ class TokenizeCollate:
     strings (empty when every file loaded; a list, so batch transfer and micro-batch splitting
     leave it be)."""
 
-    def __init__(self, tokenizer: WordTokenizer) -> None:
+    def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
 
     def __call__(self, samples: list[dict]) -> dict[str, Any]:
@@ -398,7 +404,7 @@ class PairDataModule(L.LightningDataModule):
     devices. The trainer must not replace the samplers (``use_distributed_sampler=False``).
     """
 
-    def __init__(self, cfg: Any, tokenizer: WordTokenizer | None = None) -> None:
+    def __init__(self, cfg: Any, tokenizer: Any = None) -> None:
         """``cfg``: the data block (``batch_size``, ``eval_batch_size``, ``num_workers``,
         ``seed``, ``max_text_len`` and the subclass's own fields); ``tokenizer``: reuse one
         (e.g. from the checkpoint a stage starts from) instead of building it."""
@@ -416,6 +422,30 @@ class PairDataModule(L.LightningDataModule):
     #: The modalities the data pairs, item side first (``item_id``), caption side second
     #: (``index``); each is a batch key fed to the tower of that name.
     modalities: tuple[str, ...] = ("image", "text")
+    #: Training views per modality (none: pairs are one view of each side).
+    views: dict[str, int] = {}
+    #: Batches carry tokenized text (every caption family does, also when no tower reads it).
+    needs_tokenizer = True
+
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        """The modality pairs evaluated by retrieval: the data's one pair."""
+        return ((self.modalities[0], self.modalities[1]),)
+
+    @property
+    def class_names(self) -> dict[str, list[str]]:
+        """Task -> the name of each class, in label-id order (``label/<task>``); none by
+        default."""
+        return {}
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Task -> number of classes of the batches' ``label/<task>``."""
+        return {task: len(names) for task, names in self.class_names.items()}
+
+    def num_items(self, split: str) -> int:
+        """Items (images, clips, studies) of a loaded split."""
+        return self.datasets[split].captions.num_items
 
     def tower_context(self) -> dict[str, Any]:
         """What towers must know about the inputs (see ``modules.towers.TowerContext``)."""
@@ -448,20 +478,33 @@ class PairDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Load the splits of ``stage`` (all for None), validating real manifests here in the
-        main process; build the tokenizer from the training captions if none was given."""
+        main process."""
         splits = list(STAGE_SPLITS.get(stage or "", SPLITS))
         if self._needs_train_split() and "train" not in splits:
             splits.insert(0, "train")
         for split in splits:
             if split not in self.datasets:
                 self.datasets[split] = self._dataset(split)
-        if self.tokenizer is None:
-            texts = self.datasets["train"].captions.all_texts()
-            self.tokenizer = WordTokenizer.build(texts, max_len=self.cfg.max_text_len)
 
     def _needs_train_split(self) -> bool:
         """Whether ``setup`` must read the train split whatever the stage."""
-        return self.tokenizer is None
+        return False
+
+    def training_texts(self) -> list[str]:
+        """Every training caption: what a word-level tokenizer learns its vocabulary from (the
+        tokenizer belongs to the text encoder: ``modules.towers.build_tokenizer``)."""
+        if "train" not in self.datasets:
+            self.datasets["train"] = self._dataset("train")
+        return self.datasets["train"].captions.all_texts()
+
+    def _collate(self) -> TokenizeCollate:
+        if self.tokenizer is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no tokenizer: the text encoder owns it; set "
+                "datamodule.tokenizer = modules.towers.build_tokenizer(model.text, "
+                "datamodule.training_texts(), max_len)"
+            )
+        return TokenizeCollate(self.tokenizer)
 
     def _dataset(self, split: str) -> PairDataset:
         """The dataset of one split (subclasses)."""
@@ -483,14 +526,15 @@ class PairDataModule(L.LightningDataModule):
                 raise ValueError(f"{len(item_groups)} item groups for {num_items} train items")
         self._item_groups = item_groups
 
-    def ordered_loader(self, split: str) -> DataLoader:
-        """Every sample of ``split`` in order on this process, not sharded (e.g. to embed the
-        whole training set on each rank)."""
+    def ordered_loader(self, split: str, indices: Sequence[int] | None = None) -> DataLoader:
+        """Every sample of ``split`` (or those of ``indices``) in order on this process, not
+        sharded (e.g. to embed the whole training set on each rank)."""
+        dataset = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            dataset if indices is None else Subset(dataset, list(indices)),
             batch_size=self.eval_batch_size,
             num_workers=self.num_workers,
-            collate_fn=TokenizeCollate(self.tokenizer),
+            collate_fn=self._collate(),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -508,7 +552,7 @@ class PairDataModule(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        if split not in self.datasets or self.tokenizer is None:
+        if split not in self.datasets:
             raise RuntimeError(f"split {split!r} is not set up; call setup() first")
         dataset = self.datasets[split]
         rank, world = self._rank_and_world()
@@ -516,7 +560,7 @@ class PairDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            collate_fn=TokenizeCollate(self.tokenizer),
+            collate_fn=self._collate(),
         )
         if not train:
             return DataLoader(

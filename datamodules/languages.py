@@ -7,7 +7,7 @@ a consistent, deterministic word mapping (the spec's "deterministic token remapp
 
 - language 0 is the original caption, unchanged (so ``languages: 1`` is today's data);
 - language ``k >= 1`` replaces every word ``w`` by the token ``w + "q" + str(k)`` (one word of
-  the word-level tokenizer, :func:`~modules.towers.tokenizer.split_words`) and keeps the word
+  the word-level tokenizer, :func:`~modules.words.split_words`) and keeps the word
   order; punctuation marks are shared by all languages, as in real scripts.
 
 The map is injective across languages: the digits after a token's last ``q`` name its language,
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from modules.towers.tokenizer import split_words
+from modules.words import split_words
 
 #: Separator between a word and its language number in a synthetic token.
 MARKER = "q"

@@ -43,7 +43,6 @@ from datamodules.formats.msrvtt import read_msrvtt, read_video_csv
 from datamodules.media import decode_video, read_frame_folder
 from datamodules.transforms import AugmentConfig, ClipTransform
 from modules.registry import DATAMODULES
-from modules.towers.tokenizer import WordTokenizer
 
 FORMATS = ("embedded", "msrvtt", "csv")
 
@@ -187,9 +186,7 @@ class VideoTextDataModule(PairDataModule):
     """Clip-caption pairs; with no arguments, the built-in moving-shapes data (generated on
     first use into the cache)."""
 
-    def __init__(
-        self, cfg: VideoTextDataConfig | None = None, tokenizer: WordTokenizer | None = None
-    ) -> None:
+    def __init__(self, cfg: VideoTextDataConfig | None = None, tokenizer: Any = None) -> None:
         cfg = cfg or VideoTextDataConfig()
         super().__init__(cfg, tokenizer)
         self.moving_shapes = cfg.generator() if cfg.format == "embedded" else None
