@@ -66,6 +66,9 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     warmup_steps: int = 50
+    # the warm-up lasts at most this fraction of the run's steps (a 27-step run on a small
+    # dataset is not all warm-up); None: warmup_steps whatever the run's length
+    max_warmup_fraction: float | None = 0.25
     min_lr_ratio: float = 0.0
     # back-propagate the contrastive batch (data.batch_size) this many samples at a time with
     # gradient caching: same gradient, activation memory of one micro-batch (None: all at once)
@@ -107,6 +110,20 @@ class LoggerConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """Which evaluators run in validation and test (callbacks/evaluators.py).
+
+    ``evaluators``: None for the data's defaults, or a list that replaces them; the method's own
+    evaluators are always added; ``exclude`` removes some; ``options.<name>`` sets an
+    evaluator's options (e.g. ``options: {knn: {k: 10}}``).
+    """
+
+    evaluators: list[str] | None = None
+    exclude: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ExperimentConfig:
     """One experiment. With ``stages``, each stage is this config overridden by its block."""
 
@@ -118,6 +135,7 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output_dir: str = "outputs"
     # start from an earlier stage or a checkpoint file: every tower and the temperature, or a
     # mapping modality -> stage/checkpoint for some towers only (the others start fresh)
@@ -315,6 +333,9 @@ def validate(raw: dict[str, Any]) -> DictConfig:
     unknown = sorted(set(cfg.model.frozen) - set(MODALITIES))
     if unknown:
         raise ConfigError(f"model.frozen: unknown modality {unknown[0]!r}; known: {MODALITIES}")
+    fraction = cfg.optim.max_warmup_fraction
+    if fraction is not None and not 0 <= fraction <= 1:
+        raise ConfigError(f"optim.max_warmup_fraction: must be in [0, 1], got {fraction}")
     micro = cfg.optim.micro_batch_size
     if micro is not None and (micro < 1 or cfg.data.batch_size % micro):
         raise ConfigError(

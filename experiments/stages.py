@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from callbacks.data_health import SkippedSamples
 from callbacks.evaluation import EmbeddingMetrics
+from callbacks.evaluators import chosen_evaluators, monitor_of
 from callbacks.plots import EmbeddingPlots
 from callbacks.progress import Throughput
 from experiments.checkpoints import (
@@ -35,9 +36,9 @@ from experiments.checkpoints import (
 )
 from experiments.config import Stage, config_hash, references
 from experiments.tracking import Tracker
-from modules.base import load_checkpoint, module_from_checkpoint
+from modules.base import FitContext, load_checkpoint, module_from_checkpoint
 from modules.registry import DATAMODULES, METHODS, as_dataclass
-from modules.towers.tokenizer import WordTokenizer
+from modules.towers import build_tokenizer
 
 log = logging.getLogger("alignlab")
 DONE = "result.json"
@@ -192,24 +193,55 @@ def _checkpoint_path(ref: str, results: dict[str, StageResult]) -> str:
 
 
 def build(
-    cfg: dict, vocab: list[str] | None = None
+    cfg: dict, tokenizer_state: dict | None = None
 ) -> tuple[L.LightningDataModule, L.LightningModule]:
-    """The datamodule (set up for fitting) and the untrained method of a resolved stage config;
-    ``vocab``: reuse a tokenizer vocabulary (e.g. a checkpoint's) instead of building one."""
+    """The datamodule (set up for fitting) and the untrained method of a resolved stage config.
+
+    The tokenizer belongs to the text encoder (``model.text``): rebuilt from
+    ``tokenizer_state`` (a checkpoint's, so a stage keeps the ids its text tower was trained
+    with) or built from the training captions, then handed to the data."""
     data_entry = DATAMODULES.get(cfg["data"]["name"])
     data_cfg = as_dataclass(data_entry.config, cfg["data"])
-    tokenizer = WordTokenizer(vocab, max_len=data_cfg.max_text_len) if vocab else None
-    datamodule = data_entry.cls(data_cfg, tokenizer=tokenizer)
+    datamodule = data_entry.cls(data_cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    if datamodule.needs_tokenizer:
+        texts = None if tokenizer_state is not None else datamodule.training_texts()
+        datamodule.tokenizer = build_tokenizer(
+            cfg["model"]["text"], texts, data_cfg.max_text_len, state=tokenizer_state
+        )
     module = METHODS.get(cfg["method"]["name"]).cls(
         method=cfg["method"],
         model=cfg["model"],
         optim=cfg["optim"],
-        vocab=datamodule.tokenizer.vocab,
-        context={"modalities": list(datamodule.modalities), **datamodule.tower_context()},
+        tokenizer=datamodule.tokenizer.state() if datamodule.tokenizer is not None else None,
+        context=data_context(datamodule),
     )
     return datamodule, module
+
+
+def data_context(datamodule: L.LightningDataModule) -> dict:
+    """What a method is told about the data at construction (saved with its checkpoint): its
+    encoders, training views, class labels and their names, and the towers' input facts."""
+    names = dict(getattr(datamodule, "class_names", None) or {})
+    labels = dict(getattr(datamodule, "labels", None) or {})
+    return {
+        "modalities": list(datamodule.modalities),
+        "views": dict(getattr(datamodule, "views", None) or {}),
+        "labels": labels or {task: len(values) for task, values in names.items()},
+        "class_names": {task: list(values) for task, values in names.items()},
+        **datamodule.tower_context(),
+    }
+
+
+def fit_context(datamodule: L.LightningDataModule, earlier: list) -> FitContext:
+    """The narrow view of the training data a method's ``prepare_fit`` gets."""
+    return FitContext(
+        earlier=earlier,
+        num_items=datamodule.num_items("train"),
+        loader=lambda indices: datamodule.ordered_loader("train", indices),
+        group_batches=datamodule.group_batches,
+    )
 
 
 def _train(
@@ -238,15 +270,15 @@ def _train(
             f"stage {stage.name}: method {method} needs teacher_from (a stage or checkpoint)"
         )
 
-    # the text tower's vocabulary comes with its weights
+    # the text tower's tokenizer comes with its weights
     sources = [init.get("text"), init.get(None), teacher, *init.values()]
-    vocab = next((c["hyper_parameters"]["vocab"] for c in sources if c is not None), None)
-    datamodule, module = build(cfg, vocab)
+    state = next((c["hyper_parameters"]["tokenizer"] for c in sources if c is not None), None)
+    datamodule, module = build(cfg, state)
     for side, checkpoint in init.items():
         module.load_student_weights(checkpoint["state_dict"], None if side is None else (side,))
     if teacher is not None:
         module.set_teacher(teacher["state_dict"])
-    module.prepare_fit(
+    module.fit_log = fit_context(
         datamodule,
         [
             module_from_checkpoint(loaded[p])
@@ -254,6 +286,7 @@ def _train(
             if key.startswith("features_from")
         ],
     )
+    module.prepare_fit(module.fit_log)
 
     run_name = (
         f"{stage.name}:{method}-{data_name}-{digest}"
@@ -304,16 +337,27 @@ def _train(
     logger = MLFlowLogger(
         experiment_name=tracker.experiment_name, tracking_uri=tracker.uri, run_id=run_id
     )
+    evaluation = cfg["evaluation"]
+    monitor = monitor_of(chosen_evaluators(module, datamodule, evaluation), datamodule)
     best = ModelCheckpoint(
         dirpath=stage_dir / "checkpoints",
         filename="best",
-        monitor="val/retrieval/mean_R1",
-        mode="max",
+        monitor=monitor[0] if monitor else None,
+        mode=monitor[1] if monitor else "max",
         save_top_k=1,
         enable_version_counter=False,
     )
+    # a short epoch logs at least once (Lightning warns when it has fewer batches than this)
+    try:
+        steps_per_epoch = len(datamodule.train_dataloader())
+    except TypeError:  # a streaming loader has no length
+        steps_per_epoch = None
+    if steps_per_epoch:
+        trainer_cfg["log_every_n_steps"] = max(
+            1, min(trainer_cfg.get("log_every_n_steps", 50), steps_per_epoch)
+        )
     callbacks = [
-        EmbeddingMetrics(),
+        EmbeddingMetrics(evaluation),
         EmbeddingPlots(stage_dir / "plots"),
         RunState(run_id, method, digest),
         SkippedSamples(),

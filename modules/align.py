@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from modules.base import DualTowerModule, MethodConfig
 from modules.losses.contrastive import align_loss
@@ -46,9 +45,7 @@ class ALIGN(DualTowerModule):
     def losses(
         self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
     ) -> dict[str, torch.Tensor]:
-        a, b = (
-            F.normalize(self.embedding(side, outputs[side]), dim=-1) for side in self.modalities[:2]
-        )
+        a, b = (self.normalized(side, outputs[side]) for side in self.pair)
         cfg = self.method_cfg
         loss = align_loss(
             a,

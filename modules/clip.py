@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from modules.base import DualTowerModule, MethodConfig
 from modules.losses.contrastive import clip_loss
@@ -36,16 +35,14 @@ class CLIPConfig(MethodConfig):
 @METHODS.register("clip", CLIPConfig)
 class CLIP(DualTowerModule):
     """L = ½ [InfoNCE(a→b) + InfoNCE(b→a)] on L2-normalised embeddings of the data's pair
-    (a, b) = ``modalities`` (the pseudo-code of Fig. 3 in the paper)."""
+    (a, b) = ``pair`` (the pseudo-code of Fig. 3 in the paper)."""
 
     loss_terms = ("clip",)
 
     def losses(
         self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
     ) -> dict[str, torch.Tensor]:
-        a, b = (
-            F.normalize(self.embedding(side, outputs[side]), dim=-1) for side in self.modalities[:2]
-        )
+        a, b = (self.normalized(side, outputs[side]) for side in self.pair)
         loss = clip_loss(
             a,
             b,

@@ -40,9 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from callbacks.metrics import combined_class
-from datamodules.embedded.shapes import COLORS, COUNT_WORDS, SHAPES
 from modules.base import DualTowerModule, MethodConfig
+from modules.clustering import combined_class
 from modules.losses.contrastive import clip_loss
 from modules.losses.metric_learning import MARGINS, margin_softmax_loss
 from modules.registry import METHODS
@@ -58,14 +57,8 @@ class ClipMEAConfig(MethodConfig):
     phase: str = "image_metric"
     # batch labels (label/<name>) whose combination is the class; the first varies slowest
     labels: list[str] = field(default_factory=lambda: ["shape", "color"])
-    # the name of each label value, in label-id order (the embedded shapes data's)
-    class_names: dict[str, list[str]] = field(
-        default_factory=lambda: {
-            "shape": list(SHAPES),
-            "color": list(COLORS),
-            "count": list(COUNT_WORDS),
-        }
-    )
+    # the name of each label value, in label-id order; empty: the names the data declares
+    class_names: dict[str, list[str]] = field(default_factory=dict)
     class_weights: str = "learned"
     # the pseudo-caption of a class (class_weights: pseudo_caption), one field per label
     template: str = "a picture of a {color} {shape}"
@@ -82,9 +75,8 @@ class ClipMEAConfig(MethodConfig):
         ):
             if value not in allowed:
                 raise ValueError(f"{name}: must be one of {allowed}, got {value!r}")
-        unknown = [label for label in self.labels if label not in self.class_names]
-        if not self.labels or unknown:
-            raise ValueError(f"labels: need at least one label with class_names; {unknown}")
+        if not self.labels:
+            raise ValueError("labels: need at least one label")
         fields = {f for _, f, _, _ in string.Formatter().parse(self.template) if f}
         if self.class_weights == "pseudo_caption" and fields != set(self.labels):
             raise ValueError(
@@ -92,17 +84,13 @@ class ClipMEAConfig(MethodConfig):
                 f"got {sorted(fields)}"
             )
 
-    @property
-    def num_classes(self) -> int:
-        return math.prod(len(self.class_names[label]) for label in self.labels)
 
-    def pseudo_captions(self) -> list[str]:
-        """One caption per class, in class-id order."""
-        names = [self.class_names[label] for label in self.labels]
-        return [
-            self.template.format(**dict(zip(self.labels, combo, strict=True)))
-            for combo in itertools.product(*names)
-        ]
+def pseudo_captions(template: str, labels: list[str], names: dict[str, list[str]]) -> list[str]:
+    """One caption per class (a combination of ``labels``' values), in class-id order."""
+    return [
+        template.format(**dict(zip(labels, combo, strict=True)))
+        for combo in itertools.product(*(names[label] for label in labels))
+    ]
 
 
 @METHODS.register("clip_mea", ClipMEAConfig)
@@ -115,7 +103,7 @@ class ClipMEA(DualTowerModule):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cfg = self.method_cfg
-        self.item_side, self.caption_side = self.modalities[:2]
+        self.item_side, self.caption_side = self.pair
         trained, fixed = (
             (self.item_side, self.caption_side)
             if cfg.phase == "image_metric"
@@ -127,14 +115,24 @@ class ClipMEA(DualTowerModule):
             )
         if cfg.class_weights == "pseudo_caption" and self.caption_side != "text":
             raise ValueError("class_weights: pseudo_caption needs a text tower")
+        self.names = {**self.class_names, **cfg.class_names}
+        unknown = [label for label in cfg.labels if label not in self.names]
+        if unknown:
+            raise ValueError(
+                f"method.labels: no class names for {unknown} (the data names "
+                f"{sorted(self.class_names)}; or set method.class_names)"
+            )
+        self.num_classes = math.prod(len(self.names[label]) for label in cfg.labels)
         self.class_weights: nn.Parameter | None = None
         if cfg.phase == "image_metric":
-            self.logit_scale.requires_grad_(False)  # not in the ArcFace loss
+            self.temperature.requires_grad_(False)  # not in the ArcFace loss
             if cfg.class_weights == "learned":
-                weights = torch.empty(cfg.num_classes, self.hparams["model"]["embed_dim"])
+                weights = torch.empty(self.num_classes, self.hparams["model"]["embed_dim"])
                 self.class_weights = nn.Parameter(nn.init.xavier_uniform_(weights))
         self.pseudo_captions = (
-            cfg.pseudo_captions() if cfg.class_weights == "pseudo_caption" else []
+            pseudo_captions(cfg.template, cfg.labels, self.names)
+            if cfg.class_weights == "pseudo_caption"
+            else []
         )
 
     def class_ids(self, batch: dict[str, Any]) -> Tensor:
@@ -143,7 +141,7 @@ class ClipMEA(DualTowerModule):
         cfg = self.method_cfg
         return combined_class(
             [batch[f"label/{label}"] for label in cfg.labels],
-            [len(cfg.class_names[label]) for label in cfg.labels],
+            [len(self.names[label]) for label in cfg.labels],
         )
 
     def losses(

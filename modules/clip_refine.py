@@ -51,13 +51,13 @@ class CLIPRefine(DualTowerModule):
         if not self.method_cfg.loss_weights.get("clip", 1.0):
             # Only the CLIP term uses the temperature: without it, freeze it (DDP also
             # rejects parameters that receive no gradient).
-            self.logit_scale.requires_grad_(False)
+            self.temperature.requires_grad_(False)
 
     def losses(
         self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
     ) -> dict[str, torch.Tensor]:
         cfg = self.method_cfg
-        first, second = self.modalities[:2]
+        first, second = self.pair
         a, b = outputs[first].pooled, outputs[second].pooled
         teacher = self.encode_teacher(batch)
         ids = batch["item_id"]

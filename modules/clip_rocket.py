@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.base import DualTowerModule, MethodConfig
-from modules.distributed import gather_with_grad
+from modules.base import DualTowerModule, MethodConfig, Temperature
+from modules.distributed import gather_with_grad, rank, world_size
 from modules.losses.clip_rocket import barlip_loss, cl2l_loss, siamlip_loss, swalip_loss
 from modules.registry import METHODS
 from modules.towers.layers import projection_head
@@ -99,6 +99,11 @@ def _mlp(dims: list[int], bias: bool = True, last_norm: bool = False) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
+def _own_rows(x: torch.Tensor) -> torch.Tensor:
+    """This rank's rows (rank*b:(rank+1)*b) of a tensor computed on the gathered batch."""
+    return x.chunk(world_size())[rank()]
+
+
 @METHODS.register("clip_rocket", CLIPRocketConfig)
 class CLIPRocket(DualTowerModule):
     """CLIP🚀: global + view-pair InfoNCE, optionally BarLIP / SiamLIP / SwALIP terms."""
@@ -108,7 +113,7 @@ class CLIPRocket(DualTowerModule):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cfg = self.method_cfg
-        if self.modalities[:2] != MODALITIES:
+        if self.pair != MODALITIES:
             raise ValueError(f"clip_rocket makes image and text views; data has {self.modalities}")
         weights = cfg.loss_weights
         self.active = tuple(t for t in self.loss_terms if weights.get(t, 1.0))
@@ -124,7 +129,9 @@ class CLIPRocket(DualTowerModule):
             self.local_heads = nn.ModuleDict(
                 {side: projection_head(dim, dim, cfg.local_projector) for side in MODALITIES}
             )
-            self.local_logit_scale = nn.Parameter(torch.tensor(1.0 / cfg.local_temperature).log())
+            self.local_temperature = Temperature(
+                cfg.local_temperature, max_scale=self.hparams["model"]["max_logit_scale"]
+            )
         if "barlip" in self.active:
             widths = [dim, cfg.barlip_hidden, cfg.barlip_hidden, cfg.barlip_dim]
             self.barlip_heads = nn.ModuleDict(
@@ -146,8 +153,8 @@ class CLIPRocket(DualTowerModule):
 
     @property
     def local_scale(self) -> torch.Tensor:
-        """The view pairs' logit scale (exp of its own learnable parameter)."""
-        return self.local_logit_scale.exp()
+        """The view pairs' logit scale (its own learnable temperature)."""
+        return self.local_temperature.scale
 
     # ------------------------------------------------------------------ views
 
@@ -203,7 +210,7 @@ class CLIPRocket(DualTowerModule):
                 local_label_smoothing=cfg.local_label_smoothing,
                 reduction=cfg.reduction,
             )
-        # the add-ons see the whole batch (BatchNorm statistics, Sinkhorn marginals)
+        # the BatchNorm heads see the whole batch; the losses get this rank's rows of their output
         everyone = {}
         if {"barlip", "siamlip"} & set(self.active):
             everyone = {
@@ -211,7 +218,10 @@ class CLIPRocket(DualTowerModule):
                 for side, global_ in zip(MODALITIES, (image, text), strict=True)
             }
         if "barlip" in self.active:
-            z = {side: [self.barlip_heads[side](x) for x in everyone[side]] for side in MODALITIES}
+            z = {
+                side: [_own_rows(self.barlip_heads[side](x)) for x in everyone[side]]
+                for side in MODALITIES
+            }
             terms["barlip"] = barlip_loss(
                 z["image"][0],
                 z["text"][0],
@@ -226,6 +236,7 @@ class CLIPRocket(DualTowerModule):
                 for side in MODALITIES
             }
             p = {side: [self.siamlip_predictors[side](x) for x in v[side]] for side in MODALITIES}
+            p, v = ({side: [_own_rows(x) for x in y[side]] for side in MODALITIES} for y in (p, v))
             terms["siamlip"] = siamlip_loss(
                 (p["image"][0], p["text"][0]),
                 (v["image"][0], v["text"][0]),
@@ -233,23 +244,17 @@ class CLIPRocket(DualTowerModule):
                 (v["image"][1:], v["text"][1:]),
             )
         if "swalip" in self.active:
-            h = {side: [gather_with_grad(x) for x in local[side]] for side in MODALITIES}
             terms["swalip"] = swalip_loss(
-                h["image"], h["text"], self.local_scale, cfg.swalip_epsilon, cfg.swalip_iterations
+                local["image"],
+                local["text"],
+                self.local_scale,
+                cfg.swalip_epsilon,
+                cfg.swalip_iterations,
             )
         return terms
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = super().training_step(batch, batch_idx)
-        if hasattr(self, "local_logit_scale"):
-            self.log(
-                "train/local_logit_scale", self.local_scale.detach(), on_step=True, on_epoch=False
-            )
-        return loss
-
-    @torch.no_grad()
-    def _clamp_temperature(self) -> None:
-        """Both logit scales in [0, ln max_logit_scale]."""
-        super()._clamp_temperature()
-        if hasattr(self, "local_logit_scale"):
-            self.local_logit_scale.clamp_(0.0, self.max_log_scale)
+    def scalars(self, outputs: dict[str, TowerOutput]) -> dict[str, torch.Tensor]:
+        """The view pairs' logit scale, when the method has one."""
+        if hasattr(self, "local_temperature"):
+            return {"local_logit_scale": self.local_scale.detach()}
+        return {}

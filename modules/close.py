@@ -16,7 +16,7 @@ T5 generating captions/answers, one classification head per data label (``label/
 ``label/color``, ``label/count``) is trained with cross-entropy on the noisy text embeddings.
 Validation/test log the heads' accuracy (percent, like the zero-shot metrics) on image
 embeddings (the zero-image transfer) and on text embeddings:
-``<split>/close/<modality>/<label>_accuracy``.
+``<split>/classifier/<modality>/<label>/accuracy``.
 
 Choices, checked against ``allenai/close``:
 
@@ -32,40 +32,31 @@ Choices, checked against ``allenai/close``:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from callbacks.metrics import ZeroShotAccuracy
 from modules.base import DualTowerModule, MethodConfig
 from modules.registry import METHODS
 from modules.towers.output import TowerOutput
-
-if TYPE_CHECKING:
-    import lightning as L
-
-
-#: The labels of the embedded shapes data (datamodules/embedded/shapes.py ``labels_of``).
-SHAPES_CLASSES = {"shape": 6, "color": 6, "count": 3}
 
 
 @dataclass
 class CLOSEConfig(MethodConfig):
     name: str = "close"
     noise_std: float = 0.08  # sigma per dimension (paper: 0.08 for visual entailment)
-    # label -> number of classes, one head per label; empty: the embedded shapes data's labels
+    # label -> number of classes, one head per label; empty: every label the data declares
     # (a default in the field would be merged into, not replaced by, a configured mapping)
     classes: dict[str, int] = field(default_factory=dict)
     hidden: int | None = 256  # hidden width of each head's MLP; None: a linear head
     loss_weights: dict[str, float] = field(default_factory=lambda: {"ce": 1.0})
 
     def __post_init__(self) -> None:
-        self.classes = dict(self.classes or SHAPES_CLASSES)
         if self.noise_std < 0:
             raise ValueError(f"noise_std: must be >= 0, got {self.noise_std}")
-        if not self.classes or min(self.classes.values()) < 2:
+        if self.classes and min(self.classes.values()) < 2:
             raise ValueError(f"classes: need labels with >= 2 classes each, got {self.classes}")
 
 
@@ -99,35 +90,21 @@ class CLOSE(DualTowerModule):
         super().__init__(*args, **kwargs)
         cfg: CLOSEConfig = self.method_cfg
         dim = self.hparams["model"]["embed_dim"]
-        self.item_side, self.caption_side = self.modalities[:2]
-        self.noise = GaussianNoise(cfg.noise_std)
-        self.heads = nn.ModuleDict(
-            {label: classifier(dim, n, cfg.hidden) for label, n in cfg.classes.items()}
-        )
-        # head accuracy per split, embedded side and label (torchmetrics: DDP-synced, one row
-        # per sample index); keyed "<split>_<side>_<label>"
-        self.accuracy = nn.ModuleDict(
-            {
-                f"{split}_{side}_{label}": ZeroShotAccuracy(n)
-                for split in ("val", "test")
-                for side in self.modalities[:2]
-                for label, n in cfg.classes.items()
-            }
-        )
-
-    def prepare_fit(
-        self, datamodule: L.LightningDataModule, earlier: list[DualTowerModule]
-    ) -> None:
-        """Check ``classes`` against the data's label tasks where the data names them."""
-        super().prepare_fit(datamodule, earlier)
-        tasks = getattr(datamodule, "zero_shot_tasks", None) or {}
+        self.item_side, self.caption_side = self.pair
+        classes = dict(cfg.classes or self.labels)
+        if not classes:
+            raise ValueError("method.classes: the data declares no labels; name them here")
         wrong = {
-            label: (n, len(tasks[label]))
-            for label, n in self.method_cfg.classes.items()
-            if label in tasks and len(tasks[label]) != n
+            label: (n, self.labels[label])
+            for label, n in classes.items()
+            if label in self.labels and self.labels[label] != n
         }
         if wrong:
             raise ValueError(f"method.classes: (configured, data) class counts differ: {wrong}")
+        self.noise = GaussianNoise(cfg.noise_std)
+        self.heads = nn.ModuleDict(
+            {label: classifier(dim, n, cfg.hidden) for label, n in classes.items()}
+        )
 
     def encode(self, batch: dict[str, Any]) -> dict[str, TowerOutput]:
         """Training encodes only the caption side: CLOSE never sees an image while training."""
@@ -142,8 +119,7 @@ class CLOSE(DualTowerModule):
     def losses(self, batch: dict[str, Any], outputs: dict[str, TowerOutput]) -> dict[str, Tensor]:
         """Mean over labels of the heads' cross-entropy on ``normalize(e + eps)`` (train) or on
         the clean caption embedding ``e`` (validation/test loss)."""
-        side = self.caption_side
-        text = F.normalize(self.embedding(side, outputs[side]), dim=-1)
+        text = self.normalized(self.caption_side, outputs[self.caption_side])
         logits = self.logits(self.noise(text))
         missing = [label for label in logits if f"label/{label}" not in batch]
         if missing:
@@ -154,13 +130,17 @@ class CLOSE(DualTowerModule):
         ]
         return {"ce": torch.stack(ce).mean()}
 
-    def _eval_step(self, batch: dict[str, Any], split: str) -> dict[str, Any]:
-        """The base's embeddings for the metric callbacks, plus the heads' accuracy on image
-        (transfer) and text embeddings."""
-        out = super()._eval_step(batch, split)
-        for side, key in ((self.item_side, "item"), (self.caption_side, "caption")):
-            for label, value in self.logits(out[key]).items():
-                metric = self.accuracy[f"{split}_{side}_{label}"]
-                metric.update(value, batch[f"label/{label}"], batch["index"])
-                self.log(f"{split}/close/{side}/{label}_accuracy", metric, on_epoch=True)
-        return out
+    def evaluators(self) -> dict[str, dict[str, Any]]:
+        """The heads' accuracy (``classifier`` evaluator)."""
+        return {"classifier": {}}
+
+    def eval_outputs(
+        self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
+    ) -> dict[str, Tensor]:
+        """The heads' logits on image embeddings (the transfer) and on text embeddings:
+        ``logits/<side>/<label>``."""
+        return {
+            f"logits/{side}/{label}": value
+            for side in self.pair
+            for label, value in self.logits(self.normalized(side, outputs[side])).items()
+        }

@@ -40,7 +40,15 @@ def joint_labels(stage_labels: list[Tensor], k: int) -> Tensor:
     """One group per combination of earlier stages' clusters (MCL):
     ``y_i = sum_r c_i^(r) k^(s-1-r)``, the mixed-radix number of the assignments in stage order;
     ``k ** len(stage_labels)`` possible groups."""
-    joint = torch.zeros_like(stage_labels[0])
-    for labels in stage_labels:
-        joint = joint * k + labels
-    return joint
+    return combined_class(stage_labels, [k] * len(stage_labels))
+
+
+def combined_class(labels: list[Tensor], sizes: list[int]) -> Tensor:
+    """One class id per row from several labels: the mixed-radix number of the label values
+    (``sizes[i]`` values for label ``i``, the first varying slowest); -1 where a label is < 0."""
+    ids = torch.zeros_like(labels[0])
+    missing = torch.zeros_like(ids, dtype=torch.bool)
+    for values, size in zip(labels, sizes, strict=True):
+        ids = ids * size + values
+        missing |= values < 0
+    return ids.masked_fill(missing, -1)

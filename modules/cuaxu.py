@@ -5,7 +5,8 @@ uniformity, cross-modal uniformity and alignment, each with weight 1 (the offici
 - CUAXU: ``L = L_CLIP + L_unif + L_xunif + L_align``;
 - CUA: the same with ``loss_weights.xunif: 0``.
 
-The regularisers act on the L2-normalised embeddings of the whole batch (gathered across ranks).
+The regularisers act on the L2-normalised embeddings of the whole batch (the losses gather
+across ranks).
 The paper fixes tau = 0.01: ``model.temperature: 0.01`` with ``learnable_temperature: false``
 in experiments/cuaxu.yaml.
 """
@@ -16,10 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from modules.base import DualTowerModule, MethodConfig
-from modules.distributed import gather_with_grad
 from modules.losses.contrastive import clip_loss
 from modules.losses.contrastive_gap import alignment, cross_modal_uniformity, in_modal_uniformity
 from modules.registry import METHODS
@@ -43,13 +42,10 @@ class CUAXU(DualTowerModule):
     def losses(
         self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
     ) -> dict[str, torch.Tensor]:
-        x, y = (
-            F.normalize(self.embedding(side, outputs[side]), dim=-1) for side in self.modalities[:2]
-        )
-        everyone_x, everyone_y = gather_with_grad(x), gather_with_grad(y)
+        x, y = (self.normalized(side, outputs[side]) for side in self.pair)
         return {
             "clip": clip_loss(x, y, self.scale, ids=batch["item_id"]),
-            "unif": in_modal_uniformity(everyone_x, everyone_y),
-            "xunif": cross_modal_uniformity(everyone_x, everyone_y),
-            "align": alignment(everyone_x, everyone_y),
+            "unif": in_modal_uniformity(x, y),
+            "xunif": cross_modal_uniformity(x, y),
+            "align": alignment(x, y),
         }

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from modules.base import DualTowerModule, MethodConfig
 from modules.losses.cwcl import TARGETS, cwcl_loss
@@ -59,23 +58,23 @@ class CWCL(DualTowerModule):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         reference = self.method_cfg.reference
-        if reference not in self.modalities[:2]:
+        if reference not in self.pair:
             raise ValueError(
                 f"method.reference: {reference!r} is not one of this data's towers "
-                f"{list(self.modalities[:2])}"
+                f"{list(self.pair)}"
             )
         if reference not in self.frozen:
             raise ValueError(
                 f"method.reference: CWCL's reference tower {reference!r} must be frozen "
                 f"(model.frozen: [{reference}])"
             )
-        self.trained_side = next(side for side in self.modalities[:2] if side != reference)
+        self.trained_side = next(side for side in self.pair if side != reference)
 
     def losses(
         self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
     ) -> dict[str, torch.Tensor]:
         p, q = (
-            F.normalize(self.embedding(side, outputs[side]), dim=-1)
+            self.normalized(side, outputs[side])
             for side in (self.trained_side, self.method_cfg.reference)
         )
         loss = cwcl_loss(

@@ -111,21 +111,7 @@ class FDT(CLIP):
         self._active_tokens[side] = (weights > 0).sum(dim=-1).float().mean().detach()
         return weights @ self.codebook
 
-    def losses(
-        self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
-    ) -> dict[str, torch.Tensor]:
-        """CLIP's loss; also logs how sparse the weights are: ``<split>/fdt/active_tokens/<side>``,
-        the mean number of codebook entries with a non-zero weight per sample (of K)."""
-        terms = super().losses(batch, outputs)
-        if self._trainer is not None:
-            split = "train" if self.training else "val" if self.trainer.validating else "test"
-            for side, active in self._active_tokens.items():
-                self.log(
-                    f"{split}/fdt/active_tokens/{side}",
-                    active,
-                    on_step=self.training,
-                    on_epoch=not self.training,
-                    batch_size=len(batch["index"]),
-                    sync_dist=not self.training,
-                )
-        return terms
+    def scalars(self, outputs: dict[str, TowerOutput]) -> dict[str, Tensor]:
+        """How sparse the weights are: ``fdt/active_tokens/<side>``, the mean number of codebook
+        entries with a non-zero weight per sample (of K), from this step's embeddings."""
+        return {f"fdt/active_tokens/{side}": n for side, n in self._active_tokens.items()}

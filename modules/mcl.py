@@ -22,11 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import lightning as L
 import torch
-import torch.nn.functional as F
 
-from modules.base import DualTowerModule
+from modules.base import AlignmentModule, FitContext
 from modules.clip import CLIP, CLIPConfig
 from modules.clustering import joint_labels, kmeans
 from modules.registry import METHODS
@@ -46,18 +44,16 @@ class MCLConfig(CLIPConfig):
 
 
 @torch.no_grad()
-def train_item_embeddings(
-    model: DualTowerModule, datamodule: L.LightningDataModule
-) -> torch.Tensor:
+def train_item_embeddings(model: AlignmentModule, ctx: FitContext) -> torch.Tensor:
     """L2-normalised item-side (image) embeddings [N, D] of every training item, in item order."""
     side = model.modalities[0]
     model.eval()
     chunks, items = [], []
-    for batch in datamodule.ordered_loader("train"):
-        chunks.append(F.normalize(model.embedding(side, model.towers[side](batch)), dim=-1))
+    for batch in ctx.loader(None):
+        chunks.append(model.normalized(side, model.towers[side](batch)))
         items.append(batch["item_id"])
     embeddings, items = torch.cat(chunks).float(), torch.cat(items)
-    out = torch.zeros(datamodule.datasets["train"].captions.num_items, embeddings.shape[1])
+    out = torch.zeros(ctx.num_items, embeddings.shape[1])
     out[items] = embeddings
     return out
 
@@ -66,30 +62,25 @@ def train_item_embeddings(
 class MCL(CLIP):
     """CLIP on batches drawn within the joint clusters of the earlier stages' image features."""
 
-    def prepare_fit(
-        self, datamodule: L.LightningDataModule, earlier: list[DualTowerModule]
-    ) -> None:
+    def prepare_fit(self, ctx: FitContext) -> None:
         """Cluster each earlier stage's training-image embeddings and draw batches within the
-        joint clusters (no earlier stage: plain random batches, i.e. CLIP)."""
-        if not earlier:
-            datamodule.group_batches(None)
+        joint clusters (no earlier stage: plain random batches, i.e. CLIP); log how the
+        training set was grouped (how many groups, their sizes)."""
+        if not ctx.earlier:
+            ctx.group_batches(None)
             return
         cfg = self.method_cfg
         stage_labels = [
-            kmeans(train_item_embeddings(model, datamodule), cfg.num_clusters, cfg.kmeans_iters)[0]
-            for model in earlier
+            kmeans(train_item_embeddings(model, ctx), cfg.num_clusters, cfg.kmeans_iters)[0]
+            for model in ctx.earlier
         ]
         groups = joint_labels(stage_labels, cfg.num_clusters)
-        datamodule.group_batches(groups.numpy())
+        ctx.group_batches(groups.numpy())
         sizes = torch.bincount(groups)
-        self.group_stats = {
-            "mcl/groups": float((sizes > 0).sum()),
-            "mcl/smallest_group": float(sizes[sizes > 0].min()),
-            "mcl/largest_group": float(sizes.max()),
-        }
-
-    def on_train_start(self) -> None:
-        """Also log how the training set was grouped (how many groups, their sizes)."""
-        super().on_train_start()
-        if self.logger is not None and hasattr(self, "group_stats"):
-            self.logger.log_metrics(self.group_stats, step=0)
+        ctx.log_metrics(
+            {
+                "mcl/groups": float((sizes > 0).sum()),
+                "mcl/smallest_group": float(sizes[sizes > 0].min()),
+                "mcl/largest_group": float(sizes.max()),
+            }
+        )

@@ -22,9 +22,10 @@ gives the same instance (an image for image -> text, a caption and its translati
 text -> image), averaged over instances. ⚠ The released ``analysis_ranks`` (xFlickrCO.py,
 described in the spec; not in the stored copy of the repository) takes the population standard
 deviation (``np.std``) although the name says variance: ``method.mrv_kind: std`` (default)
-follows the code, ``var`` the name. Logged as ``{val,test}/one_to_k/mrv`` (mean of the two
-directions), ``.../image_to_text/mrv``, ``.../text_to_image/mrv``, per-language
-``.../lang<k>/<a>_to_<b>/R1`` and their mean ``.../mean_R1``. The standard callbacks score
+follows the code, ``var`` the name. The ``languages`` evaluator (callbacks/evaluators.py)
+logs ``{val,test}/languages/mrv`` (mean of the two directions), ``.../image_to_text/mrv``,
+``.../text_to_image/mrv``, per-language ``.../lang<k>/<a>_to_<b>/R1`` and their mean
+``.../mean_R1``. The standard callbacks score
 language 0 (the original captions).
 
 ⚠ Temperature: learnable, initialised at 0.07 and clamped to tau in [0.001, 0.5] in the code;
@@ -35,23 +36,20 @@ experiments/one_to_k.yaml sets ``model.max_logit_scale: 1000``. Scoped out: the 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from callbacks.metrics import RetrievalMetrics
-from modules.base import DualTowerModule, MethodConfig
+from modules.base import DualTowerModule, MethodConfig, Temperature
 from modules.losses.contrastive import clip_loss
 from modules.losses.one_to_k import one_to_k_loss
 from modules.registry import METHODS
 from modules.towers.output import TowerOutput
 
 OBJECTIVES = ("one_to_k", "one_to_one")
-MRV_KINDS = ("std", "var")
+MRV_KINDS = ("std", "var")  # the languages evaluator's spreads
 #: Key of the K-language caption outputs in ``encode``'s dict ([B K, ...], image-major).
 LANGUAGES = "text_k"
 
@@ -76,31 +74,6 @@ class OneToKConfig(MethodConfig):
             raise ValueError("method.max_temperature must be positive")
 
 
-def mean_rank_variance(ranks: Tensor, kind: str = "std") -> Tensor:
-    """MRV of ``ranks`` [K, N] (rank of instance ``n`` in language ``k``): the mean over
-    instances of the population standard deviation (``std``) or variance (``var``) over
-    languages."""
-    if kind not in MRV_KINDS:
-        raise ValueError(f"kind must be one of {MRV_KINDS}, got {kind!r}")
-    ranks = ranks.double()
-    spread = ranks.var(dim=0, correction=0) if kind == "var" else ranks.std(dim=0, correction=0)
-    return spread.mean()
-
-
-class RetrievalWithRanks(RetrievalMetrics):
-    """:class:`RetrievalMetrics` whose ``compute`` also returns each query's rank (synced across
-    ranks like the summary): ``ranks/item`` per distinct item in ``item_id`` order and
-    ``ranks/caption`` per distinct caption in ``index`` order."""
-
-    def compute(self) -> dict[str, Tensor]:
-        distinct = self._distinct()
-        return {
-            **super().compute(),
-            "ranks/item": self._item_to_caption_ranks(*distinct),
-            "ranks/caption": self._caption_to_item_ranks(*distinct),
-        }
-
-
 @METHODS.register("one_to_k", OneToKConfig)
 class OneToK(DualTowerModule):
     """Image-text contrastive learning with the K parallel captions of each image positive at
@@ -110,12 +83,16 @@ class OneToK(DualTowerModule):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if self.modalities[1] != "text":
+        if self.pair[1] != "text":
             raise ValueError(f"one_to_k needs captions as text, got {self.modalities}")
-        self.min_log_scale = math.log(1.0 / self.method_cfg.max_temperature)
-        if self.min_log_scale > self.max_log_scale:
-            raise ValueError("method.max_temperature is below 1 / model.max_logit_scale")
-        self._per_language: list[RetrievalWithRanks] = []
+        model = kwargs["model"]
+        # tau in [1 / max_logit_scale, max_temperature] (the official [0.001, 0.5])
+        self.temperature = Temperature(
+            model["temperature"],
+            model["learnable_temperature"],
+            model["max_logit_scale"],
+            max_temperature=self.method_cfg.max_temperature,
+        )
 
     def encode(self, batch: dict[str, Any]) -> dict[str, TowerOutput]:
         """The item tower's output, the ``text_ids`` captions' (unless training 1-to-K) and,
@@ -123,7 +100,7 @@ class OneToK(DualTowerModule):
         ``[B, K, ...]`` (unless training 1-to-1): each training step encodes only what its loss
         reads, and every output keeps the batch as its first dimension (gradient caching cuts
         them into micro-batches)."""
-        item, caption = self.modalities[:2]
+        item, caption = self.pair
         outputs = {item: self.towers[item](batch)}
         multilingual = "text_ids_k" in batch
         one_to_k = self.method_cfg.objective == "one_to_k"
@@ -139,85 +116,33 @@ class OneToK(DualTowerModule):
             )
         return outputs
 
-    def _normalized(self, side: str, output: TowerOutput) -> Tensor:
-        return F.normalize(self.embedding(side, output), dim=-1)
-
     def losses(
         self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
     ) -> dict[str, torch.Tensor]:
-        item, caption = self.modalities[:2]
-        image = self._normalized(item, outputs[item])
+        item, caption = self.pair
+        image = self.normalized(item, outputs[item])
         ids = batch["item_id"]
         if self.method_cfg.objective == "one_to_one":
-            text = self._normalized(caption, outputs[caption])
+            text = self.normalized(caption, outputs[caption])
             return {"itc": clip_loss(image, text, self.scale, ids=ids)}
         if LANGUAGES in outputs:
-            texts = self._normalized(caption, outputs[LANGUAGES])
+            texts = self.normalized(caption, outputs[LANGUAGES])
         else:  # one language: the loss is CLIP's
-            texts = self._normalized(caption, outputs[caption])[:, None]
+            texts = self.normalized(caption, outputs[caption])[:, None]
         return {"itc": one_to_k_loss(image, texts, self.scale, ids=ids)}
-
-    @torch.no_grad()
-    def _clamp_temperature(self) -> None:
-        """tau in [1 / max_logit_scale, max_temperature] (the official [0.001, 0.5])."""
-        self.logit_scale.clamp_(self.min_log_scale, self.max_log_scale)
 
     # ------------------------------------------------------------------ per-language evaluation
 
-    def _step(
-        self, batch: dict[str, Any], split: str
-    ) -> tuple[torch.Tensor, dict[str, TowerOutput]]:
-        """The base's evaluation step, also feeding each language's retrieval metric."""
-        loss, outputs = super()._step(batch, split)
-        if LANGUAGES in outputs:
-            item, caption = self.modalities[:2]
-            image = self._normalized(item, outputs[item])
-            texts = self._normalized(caption, outputs[LANGUAGES])
-            if not self._per_language:
-                self._per_language = [
-                    RetrievalWithRanks(ks=(1,), modalities=self.modalities[:2]).to(image.device)
-                    for _ in range(texts.shape[1])
-                ]
-            for k, metric in enumerate(self._per_language):
-                metric.update(image, texts[:, k], batch["item_id"], batch["index"])
-        return loss, outputs
+    def evaluators(self) -> dict[str, dict[str, Any]]:
+        """Per-language retrieval and the mean rank variance (callbacks/evaluators.py)."""
+        return {"languages": {"mrv_kind": self.method_cfg.mrv_kind}}
 
-    def on_validation_epoch_start(self) -> None:
-        self._per_language = []
-
-    def on_test_epoch_start(self) -> None:
-        self._per_language = []
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_languages("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_languages("test")
-
-    def _log_languages(self, split: str) -> None:
-        """Per-language R@1 and MRV, computed on every rank (torchmetrics syncs inside)."""
-        if not self._per_language:
-            return
-        a, b = self.modalities[:2]
-        prefix = f"{split}/one_to_k"
-        values: dict[str, Tensor] = {}
-        ranks: dict[str, list[Tensor]] = {"item": [], "caption": []}
-        for k, metric in enumerate(self._per_language):
-            result = metric.compute()
-            for direction in (f"{a}_to_{b}", f"{b}_to_{a}"):
-                values[f"{prefix}/lang{k}/{direction}/R1"] = result[f"{direction}/R1"]
-            for side in ranks:
-                ranks[side].append(result[f"ranks/{side}"])
-        mrv = {
-            f"{a}_to_{b}": mean_rank_variance(torch.stack(ranks["item"]), self.method_cfg.mrv_kind),
-            f"{b}_to_{a}": mean_rank_variance(
-                torch.stack(ranks["caption"]), self.method_cfg.mrv_kind
-            ),
-        }
-        values |= {f"{prefix}/{direction}/mrv": value.float() for direction, value in mrv.items()}
-        values[f"{prefix}/mrv"] = torch.stack(list(mrv.values())).mean().float()
-        values[f"{prefix}/mean_R1"] = torch.stack(
-            [v for key, v in values.items() if key.endswith("/R1")]
-        ).mean()
-        self.log_dict(values, sync_dist=False)
-        self._per_language = []
+    def eval_outputs(
+        self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
+    ) -> dict[str, Tensor]:
+        """The K languages' normalised caption embeddings, ``languages/<caption side>``
+        [B, K, D], for the ``languages`` evaluator."""
+        if LANGUAGES not in outputs:
+            return {}
+        caption = self.pair[1]
+        return {f"languages/{caption}": self.normalized(caption, outputs[LANGUAGES])}

@@ -93,7 +93,13 @@ METHODS = Registry(
 )
 TOWERS = Registry(
     "tower",
-    ["modules.towers.image", "modules.towers.text", "modules.towers.video", "modules.towers.audio"],
+    [
+        "modules.towers.image",
+        "modules.towers.text",
+        "modules.towers.minilm",
+        "modules.towers.video",
+        "modules.towers.audio",
+    ],
 )
 DATAMODULES = Registry(
     "data",
@@ -102,5 +108,8 @@ DATAMODULES = Registry(
         "datamodules.video_text",
         "datamodules.audio_visual",
         "datamodules.medical_report",
+        "datamodules.shapes_views",
+        "datamodules.shapes_sounds",
+        "datamodules.shapes_sizes",
     ],
 )

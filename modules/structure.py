@@ -35,14 +35,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
-from modules.base import DualTowerModule, MethodConfig
-from modules.distributed import gather_no_grad, gather_with_grad
+from modules.base import DualTowerModule, FitContext, MethodConfig
 from modules.layer_selection import LayerTap, layer_scores, rice_k
 from modules.losses.contrastive import clip_loss
 from modules.losses.structure import (
@@ -104,16 +100,10 @@ class Structure(DualTowerModule):
 
     loss_terms = ("clip", "structure", "r_image", "r_text")
 
-    def __init__(
-        self,
-        method: dict[str, Any],
-        model: dict[str, Any],
-        optim: dict[str, Any],
-        vocab: list[str],
-        context: dict[str, Any],
-    ) -> None:
-        super().__init__(method, model, optim, vocab, context)
-        if self.modalities[:2] != ("image", "text"):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        model = kwargs["model"]
+        if self.pair != ("image", "text"):
             raise ValueError(f"structure aligns image and text towers, not {self.modalities}")
         if set(self.frozen) != {"image", "text"}:
             raise ValueError(
@@ -124,7 +114,7 @@ class Structure(DualTowerModule):
         layers = {"image": cfg.image_layer, "text": cfg.text_layer}
         self.taps = {
             side: LayerTap(self.towers[side], model["embed_dim"], layers[side])
-            for side in self.modalities
+            for side in self.pair
         }
         for side, tap in self.taps.items():
             if not -len(tap.names) <= layers[side] < len(tap.names):
@@ -138,7 +128,7 @@ class Structure(DualTowerModule):
                 for side, tap in self.taps.items()
             }
         )
-        #: The layer selection's result (None: not run), logged when training starts.
+        #: The layer selection's result (None: not run): scores, n, k and the chosen layers.
         self.selection: dict[str, Any] | None = None
 
     def embedding(self, side: str, output: TowerOutput) -> torch.Tensor:
@@ -147,14 +137,15 @@ class Structure(DualTowerModule):
 
     # ------------------------------------------------------------------ layer selection
 
-    def prepare_fit(self, datamodule: L.LightningDataModule, earlier: list[Any]) -> None:
+    def prepare_fit(self, ctx: FitContext) -> None:
         """Select the best-aligned (image layer, text layer) pair by mutual k-NN and rebuild
-        the heads for their widths (``layer_selection: true``)."""
-        super().prepare_fit(datamodule, earlier)
+        the heads for their widths (``layer_selection: true``); log the chosen layers, the best
+        score and the whole score matrix (metrics at step 0, ``layer_selection.txt``)."""
+        super().prepare_fit(ctx)
         cfg = self.method_cfg
         if not cfg.layer_selection:
             return
-        features = self._layer_features(datamodule)
+        features = self._layer_features(ctx)
         n = len(features["image"][0])
         k = rice_k(n)
         scores = layer_scores(features["image"], features["text"], k)
@@ -171,33 +162,51 @@ class Structure(DualTowerModule):
             "text_layer": chosen["text"],
         }
         self.selection = {"scores": scores, "n": n, "k": k, **chosen}
+        names = {side: self.taps[side].names for side in self.pair}
         log.info(
             "structure: layer selection on %d pairs (k=%d): image %s, text %s, mutual k-NN %.4f "
             "(last layers %.4f)",
             n,
             k,
-            self.taps["image"].names[chosen["image"]],
-            self.taps["text"].names[chosen["text"]],
+            names["image"][chosen["image"]],
+            names["text"][chosen["text"]],
             scores.max().item(),
             scores[-1, -1].item(),
         )
+        metrics = {
+            "layer_selection/image_layer": float(chosen["image"]),
+            "layer_selection/text_layer": float(chosen["text"]),
+            "layer_selection/best_score": scores.max().item(),
+            "layer_selection/last_layers_score": scores[-1, -1].item(),
+            "layer_selection/k": float(k),
+        }
+        for i, image_name in enumerate(names["image"]):
+            for j, text_name in enumerate(names["text"]):
+                key = f"layer_selection/score/image_{image_name}-text_{text_name}"
+                metrics[key] = scores[i, j].item()
+        ctx.log_metrics(metrics)
+        lines = [
+            f"mutual k-NN on {n} training pairs, k = {k} "
+            "(rows: image layers, columns: text layers)",
+            "\t".join(["", *names["text"]]),
+            *(
+                "\t".join([name, *(f"{v:.4f}" for v in scores[i].tolist())])
+                for i, name in enumerate(names["image"])
+            ),
+            f"chosen: image {names['image'][chosen['image']]}, "
+            f"text {names['text'][chosen['text']]}",
+        ]
+        ctx.log_text("layer_selection.txt", "\n".join(lines) + "\n")
 
     @torch.no_grad()
-    def _layer_features(self, datamodule: Any) -> dict[str, list[torch.Tensor]]:
+    def _layer_features(self, ctx: FitContext) -> dict[str, list[torch.Tensor]]:
         """Every tapped layer's features of ``selection_samples`` random training pairs (the
         same draw on every rank: the stage seeds the generator)."""
-        ordered = datamodule.ordered_loader("train")
-        dataset = ordered.dataset
-        picked = torch.randperm(len(dataset))[: self.method_cfg.selection_samples]
-        loader = DataLoader(
-            Subset(dataset, picked.tolist()),
-            batch_size=ordered.batch_size,
-            collate_fn=ordered.collate_fn,
-        )
-        chunks: dict[str, list[list[torch.Tensor]]] = {side: [] for side in self.modalities}
-        for batch in loader:
+        picked = torch.randperm(ctx.num_items)[: self.method_cfg.selection_samples]
+        chunks: dict[str, list[list[torch.Tensor]]] = {side: [] for side in self.pair}
+        for batch in ctx.loader(picked.tolist()):
             batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            for side in self.modalities:
+            for side in self.pair:
                 self.towers[side](batch)
                 chunks[side].append([f.float().cpu() for f in self.taps[side].features])
         return {
@@ -205,66 +214,30 @@ class Structure(DualTowerModule):
             for side, parts in chunks.items()
         }
 
-    def on_train_start(self) -> None:
-        """Log the chosen layers, the best score and the whole score matrix (MLflow metrics at
-        step 0 and a ``layer_selection.txt`` artifact)."""
-        super().on_train_start()
-        if self.selection is None or self.logger is None:
-            return
-        scores = self.selection["scores"]
-        names = {side: self.taps[side].names for side in self.modalities}
-        metrics = {
-            "layer_selection/image_layer": float(self.selection["image"]),
-            "layer_selection/text_layer": float(self.selection["text"]),
-            "layer_selection/best_score": scores.max().item(),
-            "layer_selection/last_layers_score": scores[-1, -1].item(),
-            "layer_selection/k": float(self.selection["k"]),
-        }
-        for i, image_name in enumerate(names["image"]):
-            for j, text_name in enumerate(names["text"]):
-                metrics[f"layer_selection/score/image_{image_name}-text_{text_name}"] = scores[
-                    i, j
-                ].item()
-        self.logger.log_metrics(metrics, step=0)
-        experiment, run_id = getattr(self.logger, "experiment", None), self.logger.run_id
-        if self.trainer.is_global_zero and hasattr(experiment, "log_text") and run_id:
-            lines = [
-                f"mutual k-NN on {self.selection['n']} training pairs, k = {self.selection['k']} "
-                "(rows: image layers, columns: text layers)",
-                "\t".join(["", *names["text"]]),
-                *(
-                    "\t".join([name, *(f"{v:.4f}" for v in scores[i].tolist())])
-                    for i, name in enumerate(names["image"])
-                ),
-                f"chosen: image {names['image'][self.selection['image']]}, "
-                f"text {names['text'][self.selection['text']]}",
-            ]
-            experiment.log_text(run_id, "\n".join(lines) + "\n", "layer_selection.txt")
-
     # ------------------------------------------------------------------ loss
 
     def losses(
         self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
     ) -> dict[str, torch.Tensor]:
         cfg = self.method_cfg
-        frozen = {side: outputs[side].pooled.detach() for side in self.modalities}
-        aligned = {side: self.embedding(side, outputs[side]) for side in self.modalities}
+        frozen = {side: outputs[side].pooled.detach() for side in self.pair}
+        aligned = {side: self.embedding(side, outputs[side]) for side in self.pair}
         clip = clip_loss(
-            F.normalize(aligned["image"], dim=-1),
-            F.normalize(aligned["text"], dim=-1),
+            self.normalized("image", outputs["image"]),
+            self.normalized("text", outputs["text"]),
             self.scale,
             ids=batch["item_id"],
         )
         regulariser = {
             side: structure_regulariser(
-                gather_no_grad(frozen[side]),
-                gather_with_grad(aligned[side]),
+                frozen[side],
+                aligned[side],
                 levels=cfg.levels,
                 tau=cfg.tau,
                 weighting=cfg.weighting,
                 js_form=cfg.js_form,
             )
-            for side in self.modalities
+            for side in self.pair
         }
         lam = structure_weight(self.global_step, cfg.lam, cfg.warmup)
         return {
@@ -274,13 +247,11 @@ class Structure(DualTowerModule):
             "r_text": regulariser["text"],
         }
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = super().training_step(batch, batch_idx)
+    def scalars(self, outputs: dict[str, TowerOutput]) -> dict[str, torch.Tensor]:
+        """λ_t, the regulariser's weight at this step."""
         cfg = self.method_cfg
-        self.log(
-            "train/structure_lambda",
-            structure_weight(self.global_step, cfg.lam, cfg.warmup),
-            on_step=True,
-            on_epoch=False,
-        )
-        return loss
+        return {
+            "structure_lambda": torch.tensor(
+                structure_weight(self.global_step, cfg.lam, cfg.warmup)
+            )
+        }

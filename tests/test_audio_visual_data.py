@@ -29,6 +29,7 @@ from datamodules.formats import read_lrs
 from datamodules.media import MediaError, decode_audio, log_mel, mel_filterbank
 from modules.registry import DATAMODULES
 from modules.towers.tokenizer import WordTokenizer
+from tests.tiny_modules import setup_with_words
 
 TINY = dict(num_train=40, num_val=12, num_test=12)
 SR, FPS, T, MARGIN = 8000, 20, 16, 4
@@ -88,7 +89,7 @@ def test_cache_is_written_once_and_reused(cache, monkeypatch):
     assert talking.ensure_talking(cfg, cache) == path
     dm = AudioVisualDataModule(AudioVisualDataConfig(**TINY))  # cache root from ALIGNLAB_CACHE
     dm.prepare_data()
-    dm.setup()
+    setup_with_words(dm)
     assert {p.name: p.stat().st_mtime_ns for p in path.iterdir()} == mtimes
     assert isinstance(talking.load_split(path, "train").frames, np.memmap)
     with pytest.raises(AssertionError, match="regenerated"):
@@ -156,7 +157,7 @@ def _dm(**kwargs) -> AudioVisualDataModule:
         AudioVisualDataConfig(**{**TINY, "batch_size": 8, "eval_batch_size": 12, **kwargs})
     )
     module.prepare_data()
-    module.setup()
+    setup_with_words(module)
     return module
 
 
@@ -441,7 +442,7 @@ def test_lrs_reader_and_loader(lrs_root):
     assert [k.decode() for k in files.keys] == ["spk1/00001", "spk1/00002", "spk2/00001"]
     assert files.captions.all_texts() == ["hello there", "good morning", "hello world"]
     dm = AudioVisualDataModule(_lrs_cfg(lrs_root))
-    dm.setup("validate")  # reads train too: tokenizer and word vocabulary
+    setup_with_words(dm, "validate")  # reads train too: tokenizer and word vocabulary
     assert dm.word_vocab == ["<unk>", "good", "hello", "morning", "there", "world"]
     batch = next(iter(dm.val_dataloader()))
     assert batch["video"].shape == (2, 8, 1, 16, 16) and batch["audio"].shape == (2, 40, 40)
@@ -499,7 +500,7 @@ def test_lrs_corrupt_or_short_clip_is_a_media_error(lrs_root, tmp_path):
     for split in ("train", "val"):
         (root / f"{split}.txt").write_text("a/1\nb/1\n")
     dm = AudioVisualDataModule(_lrs_cfg(root), tokenizer=WordTokenizer.build(["some other words"]))
-    dm.setup("fit")  # the list is valid; the media are checked when decoded
+    setup_with_words(dm, "fit")  # the list is valid; the media are checked when decoded
     clips = dm.datasets["train"].load.clips
     with pytest.raises(MediaError, match=r"a/1\.mp4"):
         clips(0)
@@ -509,7 +510,7 @@ def test_lrs_corrupt_or_short_clip_is_a_media_error(lrs_root, tmp_path):
         dm.datasets["train"][0]  # through the dataset as a loader worker sees it
     with pytest.raises(MediaError, match=r"00001\.mp4 has 20 frames/s, expected fps 25"):
         dm = AudioVisualDataModule(_lrs_cfg(lrs_root, fps=25))
-        dm.setup("fit")
+        setup_with_words(dm, "fit")
         dm.datasets["train"].load.clips(0)
 
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from modules.base import warmup_cosine
+from modules.base import FitContext, warmup_cosine
 from modules.clip import CLIP
 from modules.clip_refine import CLIPRefine
 from modules.towers.tokenizer import WordTokenizer
-from tests.tiny_modules import MODEL, OPTIM, tiny_module
+from tests.tiny_modules import MODEL, OPTIM, tiny_module, word_state
 
 VOCAB = WordTokenizer.build(["a red circle", "a blue square left of it"]).vocab
 
@@ -47,7 +47,7 @@ def make_frozen(frozen: list[str]) -> CLIP:
         method={"name": "clip"},
         model={**MODEL, "frozen": frozen},
         optim=OPTIM,
-        vocab=VOCAB,
+        tokenizer=word_state(VOCAB),
         context={"modalities": ["image", "text"], "image_size": 16, "max_text_len": 8},
     )
 
@@ -66,16 +66,16 @@ def fit(module, steps: int) -> None:
 
 def test_temperature_is_stored_as_log_inverse_and_initialised_at_1_over_0_07():
     module = make()
-    assert module.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    assert module.temperature.log_scale.item() == pytest.approx(math.log(1 / 0.07))
     assert module.scale.item() == pytest.approx(1 / 0.07, rel=1e-6)
 
 
 def test_temperature_is_clamped_after_every_step():
     module = make(lr=10.0, warmup_steps=0)
     with torch.no_grad():
-        module.logit_scale.fill_(math.log(100.0) - 1e-4)
+        module.temperature.log_scale.fill_(math.log(100.0) - 1e-4)
     fit(module, 3)
-    assert 0.0 <= module.logit_scale.item() <= math.log(100.0) + 1e-7
+    assert 0.0 <= module.temperature.log_scale.item() <= math.log(100.0) + 1e-7
 
 
 def test_no_weight_decay_on_temperature_norms_and_biases():
@@ -88,7 +88,7 @@ def test_no_weight_decay_on_temperature_norms_and_biases():
     decayed = {id(p) for p in groups[0]["params"]}
     plain = {id(p) for p in groups[1]["params"]}
     assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
-    assert id(module.logit_scale) in plain
+    assert id(module.temperature.log_scale) in plain
     for name, param in module.named_parameters():
         is_norm_or_bias = name.endswith("bias") or ".norm" in name or param.ndim < 2
         assert (id(param) in plain) == is_norm_or_bias, name
@@ -159,22 +159,22 @@ def test_frozen_names_must_be_towers_of_the_data():
 def test_init_from_one_tower_keeps_the_other_and_the_temperature():
     source, target = make(), make_frozen([])
     with torch.no_grad():
-        source.logit_scale.fill_(1.0)
+        source.temperature.log_scale.fill_(1.0)
     text_before = {k: v.clone() for k, v in target.towers["text"].state_dict().items()}
     target.load_student_weights(source.state_dict(), ("image",))
     for k, v in source.towers["image"].state_dict().items():
         assert torch.equal(target.towers["image"].state_dict()[k], v)
     for k, v in text_before.items():
         assert torch.equal(target.towers["text"].state_dict()[k], v)
-    assert target.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    assert target.temperature.log_scale.item() == pytest.approx(math.log(1 / 0.07))
     target.load_student_weights(source.state_dict())  # all towers + temperature
-    assert target.logit_scale.item() == 1.0
+    assert target.temperature.log_scale.item() == 1.0
 
 
 def test_features_from_is_refused_by_methods_that_do_not_read_it():
     with pytest.raises(ValueError, match="features_from: method clip does not read"):
-        make().prepare_fit(None, [make()])
-    make().prepare_fit(None, [])  # nothing to read: fine
+        make().prepare_fit(FitContext([make()], 0, lambda indices: [], lambda groups: None))
+    make().prepare_fit(FitContext([], 0, lambda indices: [], lambda groups: None))  # fine
 
 
 def test_metrics_and_losses_read_the_embedding_hook():
@@ -187,8 +187,8 @@ def test_metrics_and_losses_read_the_embedding_hook():
     batch = batches(1)[0]
     out = plain._eval_step(batch, "val")
     mapped = doubled._eval_step(batch, "val")
-    assert torch.allclose(mapped["raw"]["item"], 2 * out["raw"]["item"])
-    assert torch.allclose(mapped["caption"], -out["caption"])
+    assert torch.allclose(mapped["raw"]["image"], 2 * out["raw"]["image"])
+    assert torch.allclose(mapped["embeddings"]["text"], -out["embeddings"]["text"])
     assert torch.allclose(
         doubled.encode_texts(["a red circle"]), -plain.encode_texts(["a red circle"])
     )

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from callbacks.evaluation import EmbeddingMetrics
 from modules.close import CLOSE, GaussianNoise
 from modules.towers.tokenizer import WordTokenizer
-from tests.tiny_modules import MODEL, OPTIM, tiny_batch
+from tests.tiny_modules import MODEL, OPTIM, tiny_batch, word_state
 
 VOCAB = WordTokenizer.build(["a red circle", "a blue square left of it"]).vocab
 CLASSES = {"shape": 3, "color": 2}
@@ -56,7 +57,7 @@ def module(**method) -> CLOSE:
         method={"name": "close", "classes": CLASSES, "noise_std": 0.1, **method},
         model={**MODEL, "frozen": ["image", "text"], "learnable_temperature": False},
         optim={**OPTIM, "warmup_steps": 0},
-        vocab=VOCAB,
+        tokenizer=word_state(VOCAB),
         context={"modalities": ["image", "text"], "image_size": 16, "max_text_len": 8},
     )
 
@@ -73,8 +74,9 @@ def batch(size: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
     )
 
 
-def trainer(steps: int) -> L.Trainer:
+def trainer(steps: int, callbacks: list | None = None) -> L.Trainer:
     return L.Trainer(
+        callbacks=callbacks,
         max_steps=steps,
         logger=False,
         enable_checkpointing=False,
@@ -90,7 +92,7 @@ def test_training_never_runs_the_image_tower_and_leaves_frozen_towers_bit_identi
     close = module()
     before = {k: v.clone() for k, v in close.towers.state_dict().items()}
     heads = {k: v.clone() for k, v in close.heads.state_dict().items()}
-    scale = close.logit_scale.detach().clone()
+    scale = close.temperature.log_scale.detach().clone()
 
     def refuse(*args, **kwargs):
         raise AssertionError("the image tower ran during training")
@@ -103,7 +105,7 @@ def test_training_never_runs_the_image_tower_and_leaves_frozen_towers_bit_identi
     assert not any(p.requires_grad for p in close.towers.parameters())
     for name, value in close.towers.state_dict().items():
         assert torch.equal(value, before[name]), name
-    assert torch.equal(close.logit_scale.detach(), scale)
+    assert torch.equal(close.temperature.log_scale.detach(), scale)
     moved = [k for k, v in close.heads.state_dict().items() if not torch.equal(v, heads[k])]
     assert moved, "the heads should train"
 
@@ -137,7 +139,7 @@ def test_evaluation_logs_head_accuracy_on_image_and_text_embeddings():
         "label/color": 1 - batch()["label/color"],
     }
     val = DataLoader([batch(), again], batch_size=None)  # same indices again: counted once
-    metrics = trainer(1).validate(close, val, verbose=False)[0]
+    metrics = trainer(1, [EmbeddingMetrics()]).validate(close, val, verbose=False)[0]
     b = batch()
     close.eval()
     with torch.no_grad():
@@ -146,7 +148,7 @@ def test_evaluation_logs_head_accuracy_on_image_and_text_embeddings():
             emb = F.normalize(outputs[side].pooled, dim=-1)
             for label in CLASSES:
                 hits = close.heads[label](emb).argmax(-1) == b[f"label/{label}"]
-                got = metrics[f"val/close/{side}/{label}_accuracy"]
+                got = metrics[f"val/classifier/{side}/{label}/accuracy"]
                 assert got == pytest.approx(100 * hits.float().mean().item())
     assert not any(key.startswith("accuracy") for key in close.state_dict())  # checkpoints
 
@@ -155,8 +157,11 @@ def test_config_rejects_bad_sigma_and_mismatched_class_counts():
     with pytest.raises(ValueError, match="noise_std"):
         module(noise_std=-0.1)
 
-    class Data:
-        zero_shot_tasks = {"shape": ["a", "b", "c", "d"], "color": ["x", "y"]}
-
-    with pytest.raises(ValueError, match="shape"):
-        module().prepare_fit(Data(), [])
+    with pytest.raises(ValueError, match="shape"):  # the data says 4 shapes, the method 3
+        CLOSE(
+            method={"name": "close", "classes": CLASSES},
+            model={**MODEL, "frozen": ["image", "text"]},
+            optim=OPTIM,
+            tokenizer=word_state(VOCAB),
+            context={"modalities": ["image", "text"], "labels": {"shape": 4}, "max_text_len": 8},
+        )

@@ -9,7 +9,7 @@ import torch
 from modules.clip_mea import ClipMEA
 from modules.cwcl import CWCL
 from modules.towers.tokenizer import WordTokenizer
-from tests.tiny_modules import MODEL, OPTIM, tiny_batch
+from tests.tiny_modules import MODEL, OPTIM, tiny_batch, word_state
 
 WORDS = ["a picture of a red green blue circle square triangle shape left"]
 VOCAB = WordTokenizer.build(WORDS).vocab
@@ -21,7 +21,7 @@ def build(cls, method: dict, frozen: list[str]):
         method=method,
         model={**MODEL, "frozen": frozen},
         optim=OPTIM,
-        vocab=VOCAB,
+        tokenizer=word_state(VOCAB),
         context={"modalities": ["image", "text"], "image_size": 16, "max_text_len": 8},
     )
 
@@ -107,7 +107,8 @@ def test_image_metric_trains_the_image_tower_only(weights):
     step(module)
     assert changed(before, module, "towers.text.")[1]
     assert changed(before, module, "towers.image.")[0]
-    assert torch.equal(before["logit_scale"], module.state_dict()["logit_scale"])
+    temperature = "temperature.log_scale"
+    assert torch.equal(before[temperature], module.state_dict()[temperature])
     if weights == "learned":
         assert module.class_weights.shape == (9, MODEL["embed_dim"])
         assert changed(before, module, "class_weights")[0]

@@ -28,7 +28,7 @@ from datamodules.transforms import AugmentConfig
 from datamodules.video_text import VideoTextDataConfig, VideoTextDataModule
 from modules.grad_cache import split_batch
 from modules.towers.tokenizer import WordTokenizer
-from tests.tiny_modules import tiny_module
+from tests.tiny_modules import setup_with_words, tiny_module
 
 # items of the JSONL fixture, in order: 2 is not an image, 3 is missing
 FILES = ["0.png", "1.png", "bad.png", "gone.png", "4.png", "5.png", "6.png", "7.png"]
@@ -78,7 +78,7 @@ def _tokenizer() -> WordTokenizer:
 def test_bad_images_are_replaced_by_the_next_readable_and_reported(tmp_path):
     _write_jsonl_data(tmp_path)
     dm = ImageTextDataModule(_jsonl_config(tmp_path), tokenizer=_tokenizer())
-    dm.setup("fit")
+    setup_with_words(dm, "fit")
     val = dm.datasets["val"]
     two, three, four = val[2], val[3], val[4]
     # item 2 (corrupt) and item 3 (missing) both fall through to item 4, with its caption
@@ -144,7 +144,7 @@ def test_a_bad_augmentation_config_still_raises(tmp_path):
     steps = [{"name": "Resize", "height": 8, "width": 8}]  # changes the shape: a config error
     cfg = _jsonl_config(tmp_path, augment=AugmentConfig(eval=steps))
     dm = ImageTextDataModule(cfg, tokenizer=_tokenizer())
-    dm.setup("validate")
+    setup_with_words(dm, "validate")
     with pytest.raises(ValueError, match="augmentation changed the image shape"):
         dm.datasets["val"][0]
 
@@ -170,7 +170,7 @@ def test_corrupt_video_is_skipped(tmp_path):
         format="csv", root=str(tmp_path), num_frames=2, frame_size=16, eval_batch_size=3
     )
     dm = VideoTextDataModule(cfg, tokenizer=WordTokenizer.build(["a man cooks dog runs"]))
-    dm.setup("validate")
+    setup_with_words(dm, "validate")
     (batch,) = list(dm.val_dataloader())
     assert batch["video"].shape == (3, 2, 3, 16, 16) and batch["item_id"].tolist() == [0, 2, 2]
     assert torch.equal(batch["video"][1], batch["video"][2])
@@ -300,7 +300,7 @@ def _lightning(callbacks: list, logger: Logger | bool = False, **kwargs) -> L.Tr
 def test_training_and_evaluation_run_through_bad_files(tmp_path):
     _write_jsonl_data(tmp_path)
     dm = ImageTextDataModule(_jsonl_config(tmp_path, max_skipped_fraction=0.8))
-    dm.setup("fit")
+    setup_with_words(dm, "fit")
     module = tiny_module(dm.tokenizer.vocab)
     callback, recorder = SkippedSamples(), _Recorder()
     trainer = _lightning([callback, EmbeddingMetrics()], recorder, max_epochs=2)
@@ -318,7 +318,7 @@ def test_training_and_evaluation_run_through_bad_files(tmp_path):
 def test_evaluation_past_the_threshold_raises_naming_a_bad_file(tmp_path):
     _write_jsonl_data(tmp_path, splits=("train", "val"))
     dm = ImageTextDataModule(_jsonl_config(tmp_path, max_skipped_fraction=0.1))
-    dm.setup("validate")
+    setup_with_words(dm, "validate")
     trainer = _lightning([SkippedSamples()])
     with pytest.raises(DataQualityError) as caught:
         trainer.validate(tiny_module(dm.tokenizer.vocab), datamodule=dm, verbose=False)

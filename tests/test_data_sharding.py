@@ -12,6 +12,7 @@ from torch.utils.data import BatchSampler, SequentialSampler
 
 from datamodules import ImageTextDataConfig, ImageTextDataModule
 from datamodules.base import EvalShard, RankSlices
+from tests.tiny_modules import setup_with_words
 
 CFG = ImageTextDataConfig(num_train=48, num_val=10, num_test=10, batch_size=12)
 
@@ -24,7 +25,7 @@ def loaders(cfg: ImageTextDataConfig, world: int, split: str) -> list[list[dict]
         torch.manual_seed(0)
         module = ImageTextDataModule(cfg)
         module.trainer = SimpleNamespace(global_rank=rank, world_size=world)
-        module.setup("fit")
+        setup_with_words(module, "fit")
         loader = module.train_dataloader() if split == "train" else module.val_dataloader()
         out.append([batch for _ in range(2) for batch in loader])
     return out

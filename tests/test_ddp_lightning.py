@@ -95,7 +95,7 @@ def test_global_steps_and_batches_are_the_same(runs):
 def test_two_processes_train_the_weights_of_one(runs, name):
     single, other = weights(runs["single"]), weights(runs[name])
     assert single.keys() == other.keys()
-    assert abs(single["logit_scale"].item() - math.log(1 / 0.07)) > 1e-3  # it trained
+    assert abs(single["temperature.log_scale"].item() - math.log(1 / 0.07)) > 1e-3  # it trained
     for key in single:
         torch.testing.assert_close(other[key], single[key], rtol=0, atol=2e-6, msg=key)
 

@@ -163,8 +163,8 @@ def test_loss_and_eval_read_the_fdt_embedding_and_train_codebook_and_queries():
     assert fdt.codebook.grad is not None and fdt.codebook.grad.abs().sum() > 0
     assert all(p.grad is not None for p in fdt.queries.parameters())
     seen = fdt.eval()._eval_step(batch, "val")  # what every metric reads
-    torch.testing.assert_close(seen["item"], a.detach())
-    torch.testing.assert_close(seen["caption"], b.detach())
+    torch.testing.assert_close(seen["embeddings"]["image"], a.detach())
+    torch.testing.assert_close(seen["embeddings"]["text"], b.detach())
     torch.testing.assert_close(fdt.encode_texts(["a red circle", "a blue square"]), b[:2].detach())
     with pytest.raises(ValueError, match="num_tokens"):
         module(num_tokens=1)

@@ -20,6 +20,7 @@ from datamodules.embedded import shapes
 from datamodules.embedded.shapes import COLORS, SHAPES, ShapesConfig, generate_split
 from modules.registry import DATAMODULES
 from modules.towers.tokenizer import split_words
+from tests.tiny_modules import setup_with_words
 
 TINY = dict(num_train=40, num_val=10, num_test=10)
 PALETTE = {name: np.array(rgb) for name, rgb in COLORS.items()}
@@ -194,7 +195,7 @@ def test_cache_is_written_once_and_reused(cache, monkeypatch):
     assert shapes.ensure_shapes(cfg, cache) == path
     dm = ImageTextDataModule(ImageTextDataConfig(**TINY))  # cache root from ALIGNLAB_CACHE
     dm.prepare_data()
-    dm.setup()
+    setup_with_words(dm)
     assert {p.name: p.stat().st_mtime_ns for p in path.iterdir()} == mtimes
     assert isinstance(shapes.load_split(path, "train").images, np.memmap)
     with pytest.raises(AssertionError, match="regenerated"):
@@ -209,7 +210,7 @@ def test_cache_is_written_once_and_reused(cache, monkeypatch):
 def dm(cache) -> ImageTextDataModule:
     module = ImageTextDataModule(ImageTextDataConfig(**TINY, batch_size=8, eval_batch_size=16))
     module.prepare_data()
-    module.setup()
+    setup_with_words(module)
     return module
 
 
@@ -266,11 +267,11 @@ def test_train_captions_vary_across_epochs_and_caption_mode_uses_all(cache):
     torch.manual_seed(0)
     cfg = ImageTextDataConfig(**TINY, batch_size=8)
     dm = ImageTextDataModule(cfg)
-    dm.setup("fit")
+    setup_with_words(dm, "fit")
     epochs = [torch.cat([b["index"] for b in dm.train_dataloader()]) for _ in range(2)]
     assert not torch.equal(epochs[0].sort().values, epochs[1].sort().values)
     every = ImageTextDataModule(replace(cfg, train_pairs="caption"), tokenizer=dm.tokenizer)
-    every.setup("fit")
+    setup_with_words(every, "fit")
     index = torch.cat([b["index"] for b in every.train_dataloader()])
     assert len(every.datasets["train"]) == 200 and sorted(index.tolist()) == list(range(200))
 
@@ -346,7 +347,7 @@ def test_jsonl_reader_and_loader(tmp_path):
         format="jsonl", root=str(tmp_path), val_images="img", image_size=16, eval_batch_size=4
     )
     dm = ImageTextDataModule(cfg, tokenizer=_tokenizer())
-    dm.setup("validate")
+    setup_with_words(dm, "validate")
     assert dm.zero_shot_tasks == {} and len(dm.hard_negatives("val")) == 0
     batches = list(dm.val_dataloader())
     item_id = torch.cat([b["item_id"] for b in batches])
@@ -379,7 +380,7 @@ def test_jsonl_errors_name_the_place(tmp_path):
         ImageTextDataModule(cfg, tokenizer=_tokenizer()).setup("validate")
     _jsonl(tmp_path / "val.jsonl", [{"image": "gone.png", "captions": ["x"]}])
     dm = ImageTextDataModule(replace(cfg, root=str(tmp_path)), tokenizer=_tokenizer())
-    dm.setup("validate")
+    setup_with_words(dm, "validate")
     with pytest.raises(FileNotFoundError, match="gone.png"):
         dm.datasets["val"][0]
 
@@ -404,7 +405,7 @@ def test_coco_reader(tmp_path):
     (tmp_path / "annotations" / "captions_test.json").write_text(json.dumps(ann))
     cfg = ImageTextDataConfig(format="coco", root=str(tmp_path), test_images="img", image_size=8)
     dm = ImageTextDataModule(cfg, tokenizer=_tokenizer())
-    dm.setup("test")
+    setup_with_words(dm, "test")
     ds = dm.datasets["test"]
     assert ds.captions.all_texts() == ["green", "red square", "a red image"]
     batch = next(iter(dm.test_dataloader()))
@@ -420,7 +421,7 @@ def test_coco_reader(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.json:1: invalid JSON"):
         read_coco(bad, tmp_path)
     with pytest.raises(FileNotFoundError, match="captions_val.json"):
-        dm.setup("validate")
+        setup_with_words(dm, "validate")
 
 
 def _tokenizer():
@@ -445,7 +446,7 @@ def test_sibling_shuffle_keeps_pairs_adjacent_and_reshuffles():
 def test_sibling_batches_put_hard_negatives_in_one_batch(cache):
     cfg = ImageTextDataConfig(num_train=64, num_val=8, num_test=8, batch_size=16)
     dm = ImageTextDataModule(replace(cfg, sibling_batches=True))
-    dm.setup("fit")
+    setup_with_words(dm, "fit")
     pairs = dm.hard_negatives("train")
     assert len(pairs) >= 4
     batches = [set(b["item_id"].tolist()) for b in dm.train_dataloader()]

@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from experiments.stages import fit_context
 from modules.base import load_checkpoint
 from modules.layer_selection import layer_scores, mutual_knn, nearest_neighbours, rice_k
 from modules.structure import Structure
 from modules.towers.tokenizer import WordTokenizer
-from tests.tiny_modules import MODEL, OPTIM, tiny_batch
+from tests.tiny_modules import MODEL, OPTIM, tiny_batch, word_state
 
 VOCAB = WordTokenizer.build(["a red circle", "a blue square left of it"]).vocab
 TEXTS = ["a red circle", "a blue square", "a red square", "left of it", "a blue circle"]
@@ -32,7 +33,7 @@ def make(text=None, image=None, **method):
             "learnable_temperature": False,
         },
         optim={**OPTIM, "warmup_steps": 0},
-        vocab=VOCAB,
+        tokenizer=word_state(VOCAB),
         context={"modalities": ["image", "text"], "image_size": 16, "max_text_len": 8},
     )
 
@@ -155,7 +156,7 @@ def test_embeddings_are_the_heads_on_the_selected_layer():
     )
     assert module.encode_texts(["a red circle"]).shape == (1, 12)
     result = module.validation_step(batch(), 0)
-    assert result["item"].shape == (5, 12)
+    assert result["embeddings"]["image"].shape == (5, 12)
 
 
 def test_frozen_towers_stay_bit_identical_and_only_heads_train():
@@ -190,7 +191,7 @@ def test_structure_term_follows_the_warmup_and_lambda_zero_is_plain_clip():
 
 
 class PairsData:
-    """The one thing prepare_fit reads: ``ordered_loader("train")``."""
+    """What prepare_fit reads through its context: the training items, in order."""
 
     def __init__(self, n: int) -> None:
         g = torch.Generator().manual_seed(3)
@@ -200,9 +201,16 @@ class PairsData:
             for i in range(n)
         ]
 
-    def ordered_loader(self, split: str) -> DataLoader:
+    def num_items(self, split: str) -> int:
+        return len(self.samples)
+
+    def ordered_loader(self, split: str, indices: list[int] | None = None) -> DataLoader:
         assert split == "train"
-        return DataLoader(self.samples, batch_size=7)
+        samples = self.samples if indices is None else [self.samples[i] for i in indices]
+        return DataLoader(samples, batch_size=7)
+
+    def group_batches(self, groups: object) -> None:
+        raise AssertionError("structure draws no batch groups")
 
 
 def test_layer_selection_picks_the_best_pair_and_checkpoints_rebuild_it(tmp_path):
@@ -210,7 +218,8 @@ def test_layer_selection_picks_the_best_pair_and_checkpoints_rebuild_it(tmp_path
     module = make(selection_samples=20)
     data = PairsData(25)
     torch.manual_seed(1)
-    module.prepare_fit(data, [])
+    ctx = fit_context(data, [])
+    module.prepare_fit(ctx)
     sel = module.selection
     assert sel["n"] == 20 and sel["k"] == rice_k(20)
     assert sel["scores"].shape == (3, 3)  # (block0, block1, output) x (block0, block1, output)
@@ -250,7 +259,7 @@ def test_config_is_checked():
             method={"name": "structure"},
             model=MODEL,
             optim=OPTIM,
-            vocab=VOCAB,
+            tokenizer=word_state(VOCAB),
             context={"modalities": ["image", "text"], "image_size": 16, "max_text_len": 8},
         )
     with pytest.raises(ValueError, match="image_layer"):

@@ -88,22 +88,24 @@ def test_loss_on_a_one_cluster_batch_is_the_plain_nce():
 def test_mcl_draws_training_batches_within_the_earlier_stages_joint_clusters(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNLAB_CACHE", str(tmp_path))
     from datamodules import ImageTextDataConfig, ImageTextDataModule
+    from experiments.stages import fit_context
     from modules.mcl import MCL, train_item_embeddings
-    from tests.tiny_modules import tiny_module
+    from tests.tiny_modules import setup_with_words, tiny_module
 
     cfg = ImageTextDataConfig(
         num_train=48, num_val=8, num_test=8, image_size=24, max_text_len=8, batch_size=4
     )
     dm = ImageTextDataModule(cfg)
     dm.prepare_data()
-    dm.setup("fit")
+    setup_with_words(dm, "fit")
     vocab = dm.tokenizer.vocab
     earlier = [tiny_module(vocab), tiny_module(vocab)]
     module = tiny_module(vocab, MCL, {"name": "mcl", "num_clusters": 2})
-    module.prepare_fit(dm, earlier)
-    want = joint_labels([kmeans(train_item_embeddings(m, dm), 2)[0] for m in earlier], 2)
+    module.prepare_fit(fit_context(dm, earlier))
+    ctx = fit_context(dm, [])
+    want = joint_labels([kmeans(train_item_embeddings(m, ctx), 2)[0] for m in earlier], 2)
     assert torch.equal(torch.as_tensor(dm._item_groups), want)
     for batch in dm.train_dataloader():
         assert len(set(want[batch["item_id"]].tolist())) == 1
-    module.prepare_fit(dm, [])  # no earlier stage: random batches again
+    module.prepare_fit(fit_context(dm, []))  # no earlier stage: random batches again
     assert dm._item_groups is None

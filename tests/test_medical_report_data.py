@@ -22,6 +22,7 @@ from datamodules.media import MediaError
 from datamodules.medical_report import MedicalReportDataConfig, MedicalReportDataModule
 from modules.registry import DATAMODULES
 from modules.towers.tokenizer import WordTokenizer, split_words
+from tests.tiny_modules import setup_with_words
 
 TINY = dict(num_train=40, num_val=12, num_test=12)
 KEYWORDS = {
@@ -95,7 +96,7 @@ def test_cache_is_written_once_and_reused(cache, monkeypatch):
     monkeypatch.setattr(chest, "generate_split", fail)
     dm = MedicalReportDataModule(MedicalReportDataConfig(**TINY))  # cache from ALIGNLAB_CACHE
     dm.prepare_data()
-    dm.setup()
+    setup_with_words(dm)
     assert {p.name: p.stat().st_mtime_ns for p in path.iterdir()} == mtimes
     split = chest.load_split(path, "train")
     assert isinstance(split.images, np.memmap) and split.num_studies == 40
@@ -269,7 +270,7 @@ def dm(cache) -> MedicalReportDataModule:
     cfg = MedicalReportDataConfig(**TINY, batch_size=8, eval_batch_size=5)
     module = MedicalReportDataModule(cfg)
     module.prepare_data()
-    module.setup()
+    setup_with_words(module)
     return module
 
 
@@ -351,7 +352,7 @@ def test_training_draws_both_views_over_epochs(dm):
     assert all(seen[i] == {0, 1} for i in two_views if i in seen)
     assert all(seen[i] == {0} for i in seen if i not in two_views)
     first = MedicalReportDataModule(replace(dm.cfg, train_views="first"), tokenizer=dm.tokenizer)
-    first.setup("fit")
+    setup_with_words(first, "fit")
     assert all((b["view"] == 0).all() for b in first.train_dataloader())
 
 
@@ -438,7 +439,7 @@ def test_mimic_cxr_reader_and_loader(mimic):
         format="mimic_cxr", root=str(mimic), image_size=16, batch_size=1, eval_batch_size=4
     )
     dm = MedicalReportDataModule(cfg)
-    dm.setup()
+    setup_with_words(dm)
     train = dm.datasets["train"]
     assert train.captions.num_items == 2 and dm.datasets["val"].captions.num_items == 1
     assert train.load.views.kind.tolist() == [0, 1, 0]  # PA before LATERAL
@@ -453,7 +454,7 @@ def test_mimic_cxr_reader_and_loader(mimic):
     assert batch["label/nodule"].tolist() == [1] and batch["label/pneumothorax"].tolist() == [1]
     assert (batch["boxes"] == -1).all() and (batch["box_finding"] == -1).all()
     first = MedicalReportDataModule(replace(cfg, train_views="first"), tokenizer=dm.tokenizer)
-    first.setup("fit")
+    setup_with_words(first, "fit")
     pa = first.datasets["train"][0]  # the PA view, although the lateral is listed first
     assert pa["view"] == 0 and torch.allclose(pa["image"], torch.tensor(40 / 127.5 - 1), atol=0.03)
     assert dm.regions("train")["box"].shape == (0, 4)
@@ -510,7 +511,7 @@ def test_iu_xray_reader_and_errors(tmp_path):
     )
     cfg = MedicalReportDataConfig(format="iu_xray", root=str(tmp_path), image_size=8, batch_size=2)
     dm = MedicalReportDataModule(cfg)
-    dm.setup()
+    setup_with_words(dm)
     assert dm.zero_shot_binary_tasks == {}
     assert dm.datasets["train"].captions.text(0) == report  # headerless: the text itself
     (batch,) = list(dm.val_dataloader())
@@ -533,6 +534,6 @@ def test_iu_xray_reader_and_errors(tmp_path):
         tmp_path, {"train": [entry("CXR1", ["CXR1/0.png"])], "val": [entry("CXR2", ["CXR2/0.png"])]}
     )
     broken = MedicalReportDataModule(cfg, tokenizer=_tokenizer())
-    broken.setup("fit")
+    setup_with_words(broken, "fit")
     with pytest.raises(MediaError, match=r"CXR1/0\.png"):
         broken.datasets["train"][0]

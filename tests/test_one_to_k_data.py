@@ -15,7 +15,7 @@ from modules.clip import CLIP
 from modules.grad_cache import cached_backward, split_batch
 from modules.one_to_k import OneToK
 from modules.towers.tokenizer import SPECIALS, split_words
-from tests.tiny_modules import MODEL, OPTIM
+from tests.tiny_modules import MODEL, OPTIM, setup_with_words, word_state
 
 TINY = dict(num_train=40, num_val=10, num_test=10, batch_size=8, eval_batch_size=16)
 
@@ -23,7 +23,7 @@ TINY = dict(num_train=40, num_val=10, num_test=10, batch_size=8, eval_batch_size
 def _setup(**kwargs) -> ImageTextDataModule:
     dm = ImageTextDataModule(ImageTextDataConfig(**{**TINY, **kwargs}))
     dm.prepare_data()
-    dm.setup()
+    setup_with_words(dm)
     return dm
 
 
@@ -142,7 +142,7 @@ def _module(vocab: list[str], cls: type = OneToK, **method) -> L.LightningModule
         method={"name": name, **method},
         model=MODEL,
         optim=OPTIM,
-        vocab=vocab,
+        tokenizer=word_state(vocab),
         context={"modalities": ["image", "text"], "image_size": 24, "max_text_len": 8},
     )
 
@@ -166,20 +166,20 @@ def test_module_trains_and_logs_per_language_recall_and_mrv(tmp_path, objective)
     )
     keys = ("mrv", "image_to_text/mrv", "text_to_image/mrv", "mean_R1", "lang2/text_to_image/R1")
     trainer.fit(module, datamodule=dm)
-    assert all(torch.isfinite(trainer.callback_metrics[f"val/one_to_k/{k}"]) for k in keys)
+    assert all(torch.isfinite(trainer.callback_metrics[f"val/languages/{k}"]) for k in keys)
     trainer.test(module, datamodule=dm)
     logged = trainer.callback_metrics
-    assert all(torch.isfinite(logged[f"test/one_to_k/{k}"]) for k in keys)
-    assert logged["test/one_to_k/mrv"] >= 0
+    assert all(torch.isfinite(logged[f"test/languages/{k}"]) for k in keys)
+    assert logged["test/languages/mrv"] >= 0
     # the standard metrics score language 0, as the module's language 0 does (up to a caption
     # of 50 whose rank a different padding of its batch could flip)
     standard, own = (
-        logged[f"test/{key}/text_to_image/R1"] for key in ("retrieval", "one_to_k/lang0")
+        logged[f"test/{key}/text_to_image/R1"] for key in ("retrieval", "languages/lang0")
     )
     assert abs(standard - own) <= 100 / 50
     with torch.no_grad():  # the temperature clamp keeps tau <= max_temperature = 0.5
-        module.logit_scale.fill_(0.0)
-    module._clamp_temperature()
+        module.temperature.log_scale.fill_(0.0)
+    module.temperature.clamp_()
     assert module.scale.item() == pytest.approx(2.0)
 
 

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from datamodules import ImageTextDataConfig, ImageTextDataModule
 from datamodules.transforms import AugmentConfig, ImageTransform, build_transforms, to_tensor
+from tests.tiny_modules import setup_with_words
 
 YAML = """
 augment:
@@ -74,9 +75,9 @@ def test_datamodule_augments_training_only(tmp_path, monkeypatch):
     augment = AugmentConfig(train=[{"name": "HorizontalFlip", "p": 1.0}])
     cfg = ImageTextDataConfig(num_train=8, num_val=4, num_test=4, augment=augment, batch_size=4)
     dm = ImageTextDataModule(cfg)
-    dm.setup("fit")
+    setup_with_words(dm, "fit")
     plain = ImageTextDataModule(ImageTextDataConfig(num_train=8, num_val=4, num_test=4))
-    plain.setup("fit")
+    setup_with_words(plain, "fit")
     for i in range(3):
         flipped, raw = dm.datasets["train"][i]["image"], plain.datasets["train"][i]["image"]
         assert torch.equal(flipped, raw.flip(-1)) and not torch.equal(flipped, raw)

@@ -30,6 +30,7 @@ from datamodules.transforms import AugmentConfig
 from datamodules.video_text import VideoTextDataConfig, VideoTextDataModule, eval_permutation
 from modules.registry import DATAMODULES
 from modules.towers.tokenizer import WordTokenizer, split_words
+from tests.tiny_modules import setup_with_words
 
 TINY = dict(num_train=40, num_val=10, num_test=10)
 PALETTE = {name: np.array(rgb) for name, rgb in COLORS.items()}
@@ -166,7 +167,7 @@ def test_cache_is_written_once_and_reused(cache, monkeypatch):
     assert moving_shapes.ensure_moving_shapes(cfg, cache) == path
     dm = VideoTextDataModule(VideoTextDataConfig(**TINY))  # cache root from ALIGNLAB_CACHE
     dm.prepare_data()
-    dm.setup()
+    setup_with_words(dm)
     assert {p.name: p.stat().st_mtime_ns for p in path.iterdir()} == mtimes
     assert isinstance(moving_shapes.load_split(path, "train").frames, np.memmap)
     with pytest.raises(AssertionError, match="regenerated"):
@@ -180,7 +181,7 @@ def test_cache_is_written_once_and_reused(cache, monkeypatch):
 def dm(cache) -> VideoTextDataModule:
     module = VideoTextDataModule(VideoTextDataConfig(**TINY, batch_size=8, eval_batch_size=16))
     module.prepare_data()
-    module.setup()
+    setup_with_words(module)
     return module
 
 
@@ -242,7 +243,7 @@ def test_val_and_test_iterate_every_caption_in_order(dm):
 
 def test_zero_shot_prompts_siblings_and_describe(cache):
     dm = VideoTextDataModule(VideoTextDataConfig(num_train=150, num_val=20, num_test=10))
-    dm.setup()
+    setup_with_words(dm)
     tasks = dm.zero_shot_tasks
     assert {t: len(p) for t, p in tasks.items()} == {"direction": 4, "shape": 5, "color": 6}
     assert tasks["direction"][DIRECTIONS.index("left")] == "a shape moves left"
@@ -259,9 +260,9 @@ def test_zero_shot_prompts_siblings_and_describe(cache):
 def test_shuffle_frames_ablation(cache):
     cfg = VideoTextDataConfig(**TINY, batch_size=8, eval_batch_size=16)
     plain = VideoTextDataModule(cfg)
-    plain.setup()
+    setup_with_words(plain)
     shuffled = VideoTextDataModule(replace(cfg, shuffle_frames=True), tokenizer=plain.tokenizer)
-    shuffled.setup()
+    setup_with_words(shuffled)
     assert "frames shuffled" in shuffled.describe()
 
     def frame_set(video: torch.Tensor) -> list[bytes]:
@@ -283,9 +284,9 @@ def test_shuffle_frames_ablation(cache):
 def test_eval_samples_carry_the_clip_played_backwards(cache):
     cfg = VideoTextDataConfig(**TINY)
     plain = VideoTextDataModule(cfg)
-    plain.setup()
+    setup_with_words(plain)
     shuffled = VideoTextDataModule(replace(cfg, shuffle_frames=True), tokenizer=plain.tokenizer)
-    shuffled.setup()
+    setup_with_words(shuffled)
     assert plain.choice_tasks == {"time_reversed": ("video_reversed", "video")}
     sample = plain.datasets["val"].load(2)
     assert torch.equal(sample["video_reversed"], sample["video"].flip(0))
@@ -300,7 +301,7 @@ def test_eval_samples_carry_the_clip_played_backwards(cache):
 def test_augmentation_is_the_same_in_every_frame(cache):
     def augmented(steps: list[dict]) -> tuple[VideoTextDataModule, torch.Tensor]:
         dm = VideoTextDataModule(VideoTextDataConfig(**TINY, augment=AugmentConfig(train=steps)))
-        dm.setup("fit")
+        setup_with_words(dm, "fit")
         orig = torch.tensor(dm.datasets["train"].load.clips[0]).permute(0, 3, 1, 2) / 127.5 - 1
         return dm, orig
 
@@ -389,7 +390,7 @@ def test_msrvtt_reader_over_mp4_files_and_frame_folders(tmp_path):
         format="msrvtt", root=str(tmp_path), val_videos="videos", num_frames=4, frame_size=16
     )
     dm = VideoTextDataModule(cfg, tokenizer=_tokenizer())
-    dm.setup("validate")
+    setup_with_words(dm, "validate")
     assert dm.zero_shot_tasks == {} and len(dm.hard_negatives("val")) == 0
     batch = next(iter(dm.val_dataloader()))
     assert batch["video"].shape == (3, 4, 3, 16, 16) and batch["item_id"].tolist() == [0, 1, 1]
@@ -411,7 +412,7 @@ def test_csv_reader_and_datamodule(tmp_path):
     assert files.captions.all_texts() == ["a man cooks", "cooking", "a dog runs, fast"]
     cfg = VideoTextDataConfig(format="csv", root=str(tmp_path), test_videos="clips", num_frames=2)
     dm = VideoTextDataModule(cfg, tokenizer=_tokenizer())
-    dm.setup("test")
+    setup_with_words(dm, "test")
     batch = next(iter(dm.test_dataloader()))
     assert batch["video"].shape == (3, 2, 3, 32, 32) and batch["index"].tolist() == [0, 1, 2]
 
@@ -470,6 +471,6 @@ def test_corrupt_video_raises_media_error_naming_the_file(tmp_path):
     (tmp_path / "val.csv").write_text("video,caption\nbroken,a man cooks\n")
     cfg = VideoTextDataConfig(format="csv", root=str(tmp_path))
     dm = VideoTextDataModule(cfg, tokenizer=_tokenizer())
-    dm.setup("validate")  # the manifest is fine; decoding fails when the clip is loaded
+    setup_with_words(dm, "validate")  # the manifest is fine; decoding fails when the clip is loaded
     with pytest.raises(MediaError, match=r"broken\.mp4"):
         dm.datasets["val"][0]

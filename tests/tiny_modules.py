@@ -40,9 +40,26 @@ def tiny_module(
         method=method or {"name": "clip"},
         model={**MODEL, "text": {**MODEL["text"], **(text or {})}},
         optim={**OPTIM, **optim},
-        vocab=vocab,
+        tokenizer=word_state(vocab),
         context={"modalities": ["image", "text"], "image_size": 16, "max_text_len": 8},
     )
+
+
+def word_state(vocab: list[str], max_len: int = 8) -> dict[str, Any]:
+    """The checkpoint state of a word-level tokenizer over ``vocab`` (a method's
+    ``tokenizer`` argument)."""
+    return WordTokenizer(vocab, max_len=max_len).state()
+
+
+def setup_with_words(datamodule: Any, stage: str | None = None) -> Any:
+    """``datamodule.setup(stage)``, then the word-level tokenizer of its training captions (the
+    text encoder's tokenizer, which experiments build from ``model.text``)."""
+    datamodule.setup(stage)
+    if datamodule.tokenizer is None and datamodule.needs_tokenizer:
+        datamodule.tokenizer = WordTokenizer.build(
+            datamodule.training_texts(), max_len=datamodule.cfg.max_text_len
+        )
+    return datamodule
 
 
 def tiny_batch(

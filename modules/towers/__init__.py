@@ -1,13 +1,15 @@
-"""Encoders per modality, projection heads and the tokenizer; ``build_tower`` picks by name."""
+"""Encoders per modality, projection heads and the tokenizers; ``build_tower`` picks by name,
+``build_tokenizer`` asks the text tower of that name for its tokenizer."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from typing import Any
 
 from torch import nn
 
-from modules.registry import TOWERS
+from modules.registry import TOWERS, as_dataclass
+from modules.towers.tokenizer import TextTokenizer
 
 
 @dataclass(frozen=True)
@@ -31,3 +33,19 @@ def build_tower(cfg: Any, embed_dim: int, context: TowerContext) -> nn.Module:
     """The tower registered under ``cfg.name``, projecting to ``embed_dim``."""
     entry = TOWERS.get(cfg.name)
     return entry.cls(cfg, embed_dim=embed_dim, context=context)
+
+
+def build_tokenizer(
+    cfg: Any, texts: list[str] | None, max_len: int, state: dict[str, Any] | None = None
+) -> TextTokenizer:
+    """The tokenizer owned by the text tower ``cfg`` (its config block: a dataclass or a
+    mapping with ``name``): rebuilt from ``state`` (a checkpoint's ``tokenizer.state()``) when
+    given, else built from ``texts`` (the training captions; towers with a fixed vocabulary
+    ignore them). ``max_len``: the data's ``max_text_len``."""
+    name = cfg.name if is_dataclass(cfg) else cfg["name"]
+    entry = TOWERS.get(name)
+    if getattr(entry.cls, "modality", None) != "text":
+        raise ValueError(f"tower {name!r} is not a text tower: it has no tokenizer")
+    if not is_dataclass(cfg):
+        cfg = as_dataclass(entry.config, cfg)
+    return entry.cls.build_tokenizer(cfg, texts, max_len, state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,6 +12,7 @@ from modules.registry import TOWERS
 from modules.towers import TowerContext
 from modules.towers.layers import TransformerConfig, projection_head, transformer_encoder
 from modules.towers.output import TowerOutput
+from modules.towers.tokenizer import WordTokenizer
 
 
 @dataclass
@@ -37,6 +39,26 @@ class TextTransformerTower(nn.Module):
         self.encoder = transformer_encoder(cfg)
         self.norm = nn.LayerNorm(cfg.width)
         self.head = projection_head(cfg.width, embed_dim, cfg.projection)
+
+    @classmethod
+    def build_tokenizer(
+        cls,
+        cfg: TextTransformerConfig,
+        texts: list[str] | None,
+        max_len: int,
+        state: dict[str, Any] | None = None,
+    ) -> WordTokenizer:
+        """The word-level tokenizer of this tower: the vocabulary of ``state`` (a checkpoint's)
+        if given, else every word of ``texts`` (the training captions); ``max_len`` wins over
+        the state's, as the vocabulary is reused under the current data config."""
+        if state is not None:
+            return WordTokenizer.from_state({**state, "max_len": max_len})
+        if texts is None:
+            raise ValueError(
+                "the transformer text tower builds its vocabulary from the training captions: "
+                "pass texts or a tokenizer state"
+            )
+        return WordTokenizer.build(texts, max_len=max_len)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> TowerOutput:
         ids, mask = batch["text_ids"], batch["text_mask"]

@@ -1,26 +1,46 @@
-"""Word-level tokenizer built from training captions.
+"""Tokenizers of the text towers: the protocol they share and the word-level one.
 
-Small and deterministic: the vocabulary is the sorted set of lower-cased words that occur at
-least ``min_count`` times, after the special tokens. It is stored as a plain list of strings in
-the checkpoint's hyper-parameters, so a run reloads with exactly the ids it was trained with.
+The word-level tokenizer is built from training captions. Small and deterministic: the
+vocabulary is the sorted set of lower-cased words that occur at least ``min_count`` times, after
+the special tokens. Its :meth:`~WordTokenizer.state` (a plain list of strings) is stored in the
+checkpoint's hyper-parameters, so a run reloads with exactly the ids it was trained with.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any, Protocol, Self, runtime_checkable
 
 import torch
 
+from modules.words import split_words
+
 PAD, UNK, CLS = "<pad>", "<unk>", "<cls>"
 SPECIALS = (PAD, UNK, CLS)
-_WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
 
-def split_words(text: str) -> list[str]:
-    """Lower-case words and single punctuation marks."""
-    return _WORD.findall(text.lower())
+@runtime_checkable
+class TextTokenizer(Protocol):
+    """What the data and the method need from the tokenizer a text tower owns.
+
+    ``encode`` returns ``ids [B, L]`` long and ``mask [B, L]`` bool (True on real tokens, rows
+    padded with id 0 to the longest row of the batch, at most ``max_len``); ``state()`` is plain
+    JSON-able data (checkpoint hyper-parameters) from which ``from_state`` rebuilds a tokenizer
+    that gives exactly the same ids.
+    """
+
+    max_len: int
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Self: ...
 
 
 class WordTokenizer:
@@ -41,6 +61,21 @@ class WordTokenizer:
         counts = Counter(word for text in texts for word in split_words(text))
         words = sorted(word for word, n in counts.items() if n >= min_count)
         return cls([*SPECIALS, *words], max_len=max_len)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> WordTokenizer:
+        """The tokenizer that :meth:`state` describes."""
+        if state.get("kind") != "word":
+            raise ValueError(f"not a word-level tokenizer state: kind={state.get('kind')!r}")
+        return cls(state["vocab"], max_len=state["max_len"])
+
+    def state(self) -> dict[str, Any]:
+        """Plain data that :meth:`from_state` rebuilds this tokenizer from."""
+        return {"kind": "word", "vocab": list(self.vocab), "max_len": self.max_len}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
 
     def __len__(self) -> int:
         return len(self.vocab)
