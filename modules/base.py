@@ -161,6 +161,9 @@ class AlignmentModule(L.LightningModule):
     loss_on_eval: ClassVar[bool] = True
     #: How many encoders the method needs (None: any number).
     num_encoders: ClassVar[int | None] = None
+    #: ``method.*`` overrides that remove the loss's random draws (views, noise), for checks
+    #: that compare two runs of a step bit for bit (tests/conformance/test_methods.py).
+    deterministic_overrides: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
