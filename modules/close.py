@@ -85,6 +85,8 @@ class CLOSE(DualTowerModule):
     """Heads trained on noisy caption-side embeddings, evaluated on item-side embeddings."""
 
     loss_terms = ("ce",)
+    #: the training noise is a random draw
+    deterministic_overrides = {"noise_std": 0.0}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
