@@ -28,12 +28,12 @@ import modules.env  # noqa: F401  (first: environment for lightning's imports)
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from datamodules.base import Captions, FileCaptions, PairDataModule, PairDataset, cache_root
+from datamodules.config import SourceDataConfig
 from datamodules.embedded.talking import (
     AUDIO_SCALE,
     SPLITS,
@@ -44,7 +44,9 @@ from datamodules.embedded.talking import (
 )
 from datamodules.formats.lrs import MOUTH_BOX, decode_mouth_frames, read_lrs, speaker_ids
 from datamodules.media import MediaError, decode_audio, log_mel
-from datamodules.transforms import AugmentConfig, ClipTransform
+from datamodules.pairs import PairDataModule, PairDataset
+from datamodules.storage import Captions, FileCaptions, cache_root
+from datamodules.transforms import ClipTransform
 from modules.registry import DATAMODULES
 from modules.words import split_words
 
@@ -54,14 +56,14 @@ UNKNOWN_WORD = "<unk>"
 
 
 @dataclass
-class AudioVisualDataConfig:
+class AudioVisualDataConfig(SourceDataConfig):
     """Data block of an experiment. ``num_*`` shape the built-in data; ``root``, ``*_list``
     and ``*_clips`` locate an LRS-style dataset (e.g. LRS2: ``train_clips: main``, real clips
     at ``fps: 25``, ``sample_rate: 16000``, ``win_length: 400``, ``hop_length: 160``)."""
 
+    formats: ClassVar[tuple[str, ...]] = FORMATS
+
     name: str = "audio_visual"
-    format: str = "embedded"  # embedded | lrs
-    root: str | None = None
     # list file per split, relative to root; None: "<split>.txt"
     train_list: str | None = None
     val_list: str | None = None
@@ -80,9 +82,6 @@ class AudioVisualDataConfig:
     frame_size: int = 32
     min_shift: int = 2  # frames
     max_shift: int = 4
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    num_workers: int = 0
     max_text_len: int = 16
     max_words: int = 8
     num_train: int = 3000
@@ -92,20 +91,9 @@ class AudioVisualDataConfig:
     # video_distractor: "other" speaker (another face: identity alone can tell) or the "same"
     # speaker saying other words (only the mouth's motion can tell)
     distractor: str = "other"
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    cache_dir: str | None = None
-    seed: int = 0
-    # training/evaluation stops (callbacks.data_health) when more than this fraction of the
-    # samples had a bad file (missing, corrupt); below it bad files are skipped and logged
-    max_skipped_fraction: float = 0.01
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.max_skipped_fraction <= 1.0:
-            raise ValueError("data.max_skipped_fraction must be between 0 and 1")
-        if self.format not in FORMATS:
-            raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
-        if self.format != "embedded" and not self.root:
-            raise ValueError(f"data.format {self.format!r} needs data.root")
+        super().__post_init__()
         if self.distractor not in DISTRACTORS:
             raise ValueError(f"data.distractor must be one of {DISTRACTORS}")
         if not 1 <= self.min_shift <= self.max_shift:

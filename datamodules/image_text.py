@@ -19,24 +19,14 @@ import modules.env  # noqa: F401  (first: environment for lightning's imports)
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from datamodules.base import (
-    SPLITS,
-    TRAIN_PAIRS,
-    Captions,
-    FileCaptions,
-    MappedArray,
-    PairDataModule,
-    PairDataset,
-    TokenizeCollate,
-    cache_root,
-)
+from datamodules.config import SourceDataConfig
 from datamodules.embedded.shapes import (
     COLORS,
     COUNT_WORDS,
@@ -59,7 +49,9 @@ from datamodules.formats import (
 )
 from datamodules.languages import SyntheticLanguages
 from datamodules.media import IMAGE_ERRORS, MediaError
-from datamodules.transforms import AugmentConfig, ImageTransform
+from datamodules.pairs import TRAIN_PAIRS, PairDataModule, PairDataset, TokenizeCollate
+from datamodules.storage import SPLITS, Captions, FileCaptions, MappedArray, cache_root
+from datamodules.transforms import ImageTransform
 from modules.registry import DATAMODULES
 
 FORMATS = ("embedded", "jsonl", "coco", "webdataset")
@@ -78,13 +70,13 @@ DEFAULT_PROMPT_TEMPLATES = (
 
 
 @dataclass
-class ImageTextDataConfig:
+class ImageTextDataConfig(SourceDataConfig):
     """Data block of an experiment. ``num_*`` and ``hard_negative_fraction`` shape the built-in
     data; ``root``, ``*_manifest``, ``*_images`` and ``*_shards`` locate a real one."""
 
+    formats: ClassVar[tuple[str, ...]] = FORMATS
+
     name: str = "image_text"
-    format: str = "embedded"  # embedded | jsonl | coco | webdataset
-    root: str | None = None
     # manifest per split, relative to root; None: "<split>.jsonl" or
     # "annotations/captions_<split>.json"
     train_manifest: str | None = None
@@ -110,34 +102,19 @@ class ImageTextDataConfig:
     class_names: dict[str, list[str]] = field(default_factory=dict)
     # zero-shot prompts per class name "{c}", embedded and averaged per class (CLIP's ensemble)
     prompt_templates: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPT_TEMPLATES))
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    num_workers: int = 0
     image_size: int = 64
     max_text_len: int = 40
-    num_train: int = 10000
-    num_val: int = 1000
-    num_test: int = 1000
     hard_negative_fraction: float = 0.25
     train_pairs: str = "image"  # image: one random caption per image per epoch | caption: all
     # train batches keep each hard-negative sibling pair together (needs train_pairs: image)
     sibling_batches: bool = False
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    cache_dir: str | None = None
-    seed: int = 0
     # K > 1: every caption in K synthetic parallel languages (datamodules/languages.py); batches
     # add text_ids_k / text_mask_k [B, K, L]; training text_ids hold one random language per
     # sample, evaluation text_ids language 0 (the original). 1: the data as it is.
     languages: int = 1
-    # training/evaluation stops (callbacks.data_health) when more than this fraction of the
-    # samples had a bad file (missing, corrupt); below it bad files are skipped and logged
-    max_skipped_fraction: float = 0.01
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.max_skipped_fraction <= 1.0:
-            raise ValueError("data.max_skipped_fraction must be between 0 and 1")
-        if self.format not in FORMATS:
-            raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
+        super().__post_init__()
         if self.train_pairs not in TRAIN_PAIRS:
             raise ValueError(f"data.train_pairs must be one of {TRAIN_PAIRS}")
         if self.sibling_batches and self.train_pairs != "image":
@@ -146,8 +123,6 @@ class ImageTextDataConfig:
             raise ValueError("data.sibling_batches needs a map-style format, not webdataset")
         if self.languages < 1:
             raise ValueError(f"data.languages must be at least 1, got {self.languages}")
-        if self.format != "embedded" and not self.root:
-            raise ValueError(f"data.format {self.format!r} needs data.root")
         self._check_labels()
 
     def _check_labels(self) -> None:

@@ -31,53 +31,26 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from datamodules.base import (
-    BAD_FILE_ERRORS,
-    SPLITS,
-    STAGE_SPLITS,
-    Captions,
-    EvalShard,
-    MappedArray,
-    RankSlices,
-    ResumableLoader,
-    TokenizeCollate,
-)
-from datamodules.transforms import AugmentConfig, ImageTransform, to_tensor
+from datamodules.base import SplitsDataModule
+from datamodules.config import DataConfig
+from datamodules.pairs import TokenizeCollate
+from datamodules.samplers import SeededBatches
+from datamodules.storage import BAD_FILE_ERRORS, SPLITS, Captions, MappedArray
+from datamodules.transforms import ImageTransform, to_tensor
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class ItemsDataConfig:
+class ItemsDataConfig(DataConfig):
     """Fields every items family shares (the meaning of ImageTextDataConfig's same fields)."""
 
     name: str = "items"
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    num_workers: int = 0
     image_size: int = 64
-    num_train: int = 10000
-    num_val: int = 1000
-    num_test: int = 1000
-    # albumentations steps for the plain modality image: ``train`` in training batches that
-    # carry it, ``eval`` in evaluation and probe batches
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    cache_dir: str | None = None
-    seed: int = 0
-    # training/evaluation stops (callbacks.data_health) when more than this fraction of the
-    # samples had a bad file; below it bad files are skipped and logged
-    max_skipped_fraction: float = 0.01
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.max_skipped_fraction <= 1.0:
-            raise ValueError("data.max_skipped_fraction must be between 0 and 1")
-        if min(self.num_train, self.num_val, self.num_test) < 1:
-            raise ValueError("data.num_train, num_val and num_test must be at least 1")
 
 
 class Transform(Protocol):
@@ -249,30 +222,7 @@ class ItemCollate(TokenizeCollate):
         return super().__call__(samples)
 
 
-class SeededBatches(Sampler[list[tuple[int, int]]]):
-    """The global batches of ``batches`` with a seed per sample drawn from ``generator``: the
-    sample's random choices then depend on the global batch only, not on which rank loads it
-    or on how many ranks there are. Exposes ``batch_size`` and the order ``sampler`` as a
-    ``BatchSampler`` does (for :class:`RankSlices` and :class:`ResumableLoader`)."""
-
-    def __init__(self, batches: BatchSampler, generator: torch.Generator) -> None:
-        self.batches, self.generator = batches, generator
-        self.batch_size = batches.batch_size
-
-    @property
-    def sampler(self) -> Sampler[int]:
-        return self.batches.sampler
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        for batch in self.batches:
-            seeds = torch.randint(2**62, (len(batch),), generator=self.generator).tolist()
-            yield list(zip(batch, seeds, strict=True))
-
-
-class ItemsDataModule(L.LightningDataModule):
+class ItemsDataModule(SplitsDataModule):
     """Splits, tokenizer, loaders and the declared interface of an items family.
 
     A family sets ``name``, ``modalities`` and ``pairs``, overrides the declared properties
@@ -292,57 +242,13 @@ class ItemsDataModule(L.LightningDataModule):
     pairs: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, cfg: Any, tokenizer: Any = None) -> None:
-        """``cfg``: the family's data block (an :class:`ItemsDataConfig`); ``tokenizer``:
-        reuse one (e.g. from a checkpoint) instead of building it from the training texts."""
-        super().__init__()
-        if cfg.batch_size < 1 or cfg.eval_batch_size < 1 or cfg.num_workers < 0:
-            raise ValueError("batch sizes must be positive and num_workers non-negative")
-        self.cfg = cfg
-        self.batch_size, self.eval_batch_size = cfg.batch_size, cfg.eval_batch_size
-        self.num_workers, self.seed = cfg.num_workers, cfg.seed
-        self.tokenizer = tokenizer
-        self.datasets: dict[str, ItemDataset] = {}
+        """``cfg``: the family's data block (an :class:`ItemsDataConfig`); ``tokenizer``: the
+        text encoder's (data with a text modality)."""
+        super().__init__(cfg, tokenizer)
         self._probes: dict[str, ItemDataset] = {}
         self._sources: dict[str, ItemSource] = {}
 
     # -- declared interface --------------------------------------------------------------------
-    @property
-    def views(self) -> dict[str, int]:
-        """Modality -> number of views V in training batches (``<modality>@0`` ...)."""
-        return {}
-
-    @property
-    def labels(self) -> dict[str, int]:
-        """Task -> number of classes of ``label/<task>``."""
-        return {}
-
-    @property
-    def targets(self) -> tuple[str, ...]:
-        """Names of the continuous targets ``target/<name>``."""
-        return ()
-
-    @property
-    def zero_shot_tasks(self) -> dict[str, list[str]]:
-        """Task -> one prompt per class in label-id order (data with a text modality)."""
-        return {}
-
-    @property
-    def zero_shot_binary_tasks(self) -> dict[str, tuple[str, str]]:
-        return {}
-
-    @property
-    def choice_tasks(self) -> dict[str, tuple[str, str]]:
-        return {}
-
-    @property
-    def class_retrieval_labels(self) -> tuple[str, ...]:
-        """Labels whose combination is an item's class for item-to-item retrieval by class."""
-        return ()
-
-    def tower_context(self) -> dict[str, Any]:
-        """What towers must know about the inputs (see ``modules.towers.TowerContext``)."""
-        raise NotImplementedError
-
     def train_targets(self, name: str) -> np.ndarray:
         """float32 [N]: the training split's values of ``target/<name>`` (for shot regions)."""
         if name not in self.targets:
@@ -375,17 +281,6 @@ class ItemsDataModule(L.LightningDataModule):
     def num_items(self, split: str) -> int:
         return self.source(split).num_items
 
-    def setup(self, stage: str | None = None) -> None:
-        """Load the splits of ``stage`` (all for None)."""
-        for split in STAGE_SPLITS.get(stage or "", SPLITS):
-            if split not in self.datasets:
-                self.datasets[split] = self._dataset(split, train=split == "train")
-
-    @property
-    def needs_tokenizer(self) -> bool:
-        """Whether batches carry tokenized text."""
-        return "text" in self.modalities
-
     def training_texts(self) -> list[str]:
         """Every training caption: what a word-level tokenizer learns its vocabulary from (the
         tokenizer belongs to the text encoder: ``modules.towers.build_tokenizer``)."""
@@ -394,7 +289,10 @@ class ItemsDataModule(L.LightningDataModule):
             raise RuntimeError(f"{self.name} has no captions")
         return captions.all_texts()
 
-    def _dataset(self, split: str, train: bool) -> ItemDataset:
+    def _dataset(self, split: str, train: bool | None = None) -> ItemDataset:
+        """``split`` as its stage sees it (training: views and random captions), or with
+        ``train=False`` as evaluation does."""
+        train = split == "train" if train is None else train
         views = self._view_transforms() if train else {}
         return ItemDataset(self.source(split), self._transforms(train), views, train)
 
@@ -405,27 +303,15 @@ class ItemsDataModule(L.LightningDataModule):
         return f"{self.name} ({self.source_name()}): {sizes or 'not set up'}{views}"
 
     # -- loaders -------------------------------------------------------------------------------
-    def _collate(self) -> ItemCollate:
-        if "text" in self.modalities and self.tokenizer is None:
-            raise RuntimeError(
-                f"{type(self).__name__} has no tokenizer: the text encoder owns it; set "
-                "datamodule.tokenizer = modules.towers.build_tokenizer(model.text, "
-                "datamodule.training_texts(), max_len)"
-            )
-        return ItemCollate(self.tokenizer)
+    def _collate_with(self, tokenizer: Any) -> ItemCollate:
+        return ItemCollate(tokenizer)
 
-    def ordered_loader(self, split: str, indices: Sequence[int] | None = None) -> DataLoader:
-        """Every sample of a set-up ``split`` (or those of ``indices``) in order, as its stage
-        sees it (training: augmented views, random captions), on this process, not sharded."""
-        if split not in self.datasets:
-            raise RuntimeError(f"split {split!r} is not set up; call setup() first")
-        dataset = self.datasets[split]
-        return DataLoader(
-            dataset if indices is None else Subset(dataset, list(indices)),
-            batch_size=self.eval_batch_size,
-            num_workers=self.num_workers,
-            collate_fn=self._collate(),
-        )
+    def _train_batches(
+        self, split: str, dataset: ItemDataset, generator: torch.Generator
+    ) -> SeededBatches:
+        """Random global batches with one seed per sample (from the same generator) for the
+        sample's random choices: views and captions then do not depend on the rank."""
+        return SeededBatches(super()._train_batches(split, dataset, generator), generator)
 
     def probe_loader(self, split: str, shard: bool = False) -> DataLoader:
         """The items of ``split`` in order as evaluation sees them (no augmentation, no views,
@@ -434,74 +320,7 @@ class ItemsDataModule(L.LightningDataModule):
         if split not in self._probes:
             self._probes[split] = self._dataset(split, train=False)
         dataset = self._probes[split]
-        if not shard:
-            return DataLoader(
-                dataset,
-                batch_size=self.eval_batch_size,
-                num_workers=self.num_workers,
-                collate_fn=self._collate(),
-            )
-        rank, world = self._rank_and_world()
-        return DataLoader(
-            dataset,
-            batch_size=-(-self.eval_batch_size // world),
-            sampler=EvalShard(len(dataset), rank, world),
-            num_workers=self.num_workers,
-            collate_fn=self._collate(),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
-
-    def _rank_and_world(self) -> tuple[int, int]:
-        """(global rank, world size) of the attached trainer; (0, 1) without one."""
-        trainer = getattr(self, "trainer", None)
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        if split not in self.datasets:
-            raise RuntimeError(f"split {split!r} is not set up; call setup() first")
-        dataset = self.datasets[split]
-        rank, world = self._rank_and_world()
-        common = dict(
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            collate_fn=self._collate(),
-        )
-        if not train:
-            return DataLoader(
-                dataset,
-                batch_size=-(-self.eval_batch_size // world),
-                sampler=EvalShard(len(dataset), rank, world),
-                **common,
-            )
-        if len(dataset) < self.batch_size:
-            raise ValueError(
-                f"train split has {len(dataset)} items, fewer than batch_size "
-                f"{self.batch_size}: every batch would be dropped"
-            )
-        # One generator drives the worker seeds, the order and the per-sample seeds.
-        generator = torch.Generator().manual_seed(self.seed)
-        order = RandomSampler(dataset, generator=generator)
-        batches = SeededBatches(BatchSampler(order, self.batch_size, drop_last=True), generator)
-        return ResumableLoader(
-            dataset,
-            batch_sampler=RankSlices(batches, rank, world),
-            generator=generator,
-            consumed=self._batches_trained,
-            **common,
-        )
-
-    def _batches_trained(self) -> int:
-        """Training batches the attached trainer has processed in the current epoch."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return 0
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        common = dict(num_workers=self.num_workers, collate_fn=self._collate())
+        if shard:
+            return self._eval_loader(dataset, **common)
+        return DataLoader(dataset, batch_size=self.eval_batch_size, **common)

@@ -21,13 +21,13 @@ import modules.env  # noqa: F401  (first: environment for lightning's imports)
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
 
-from datamodules.base import Captions, MappedArray, PairDataModule, PairDataset, cache_root
+from datamodules.config import SourceDataConfig
 from datamodules.embedded.chest import (
     FINDINGS,
     MAX_REGIONS,
@@ -46,7 +46,9 @@ from datamodules.formats.reports import (
     select_sections,
 )
 from datamodules.media import IMAGE_ERRORS, MediaError
-from datamodules.transforms import AugmentConfig, ImageTransform
+from datamodules.pairs import PairDataModule, PairDataset
+from datamodules.storage import Captions, MappedArray, cache_root
+from datamodules.transforms import ImageTransform
 from modules.registry import DATAMODULES
 
 FORMATS = ("embedded", "mimic_cxr", "iu_xray")
@@ -63,13 +65,13 @@ BINARY_PROMPTS = {
 
 
 @dataclass
-class MedicalReportDataConfig:
+class MedicalReportDataConfig(SourceDataConfig):
     """Data block of an experiment. ``num_*``, ``normal_fraction`` and ``lateral_fraction``
     shape the built-in data; ``root`` and the file names locate a real one."""
 
+    formats: ClassVar[tuple[str, ...]] = FORMATS
+
     name: str = "medical_report"
-    format: str = "embedded"  # embedded | mimic_cxr | iu_xray
-    root: str | None = None
     # MIMIC-CXR, relative to root (split and chexpert files are optional; .csv.gz accepted)
     metadata_file: str = "mimic-cxr-2.0.0-metadata.csv"
     split_file: str = "mimic-cxr-2.0.0-split.csv"
@@ -80,32 +82,16 @@ class MedicalReportDataConfig:
     images_dir: str = "images"
     sections: list[str] = field(default_factory=lambda: ["findings", "impression"])
     train_views: str = "random"  # random: a random view of the study per draw | first
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    num_workers: int = 0
     image_size: int = 64
     max_text_len: int = 64
     num_train: int = 6000
-    num_val: int = 1000
-    num_test: int = 1000
     normal_fraction: float = 0.6
     lateral_fraction: float = 0.3
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    cache_dir: str | None = None
-    seed: int = 0
-    # training/evaluation stops (callbacks.data_health) when more than this fraction of the
-    # samples had a bad file (missing, corrupt); below it bad files are skipped and logged
-    max_skipped_fraction: float = 0.01
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.max_skipped_fraction <= 1.0:
-            raise ValueError("data.max_skipped_fraction must be between 0 and 1")
-        if self.format not in FORMATS:
-            raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
+        super().__post_init__()
         if self.train_views not in TRAIN_VIEWS:
             raise ValueError(f"data.train_views must be one of {TRAIN_VIEWS}")
-        if self.format != "embedded" and not self.root:
-            raise ValueError(f"data.format {self.format!r} needs data.root")
         unknown = [s for s in self.sections if s not in SECTIONS]
         if not self.sections or unknown:
             raise ValueError(f"data.sections must be a non-empty list from {SECTIONS}")

@@ -21,7 +21,6 @@ import modules.env  # noqa: F401  (first: environment for lightning's imports)
 from dataclasses import dataclass, field
 from typing import Any
 
-from datamodules.base import MappedArray, cache_root
 from datamodules.embedded.shape_sizes import MARGIN, SizesConfig, ensure_sizes, load_record
 from datamodules.embedded.shapes import COLORS, SHAPES
 from datamodules.items import (
@@ -34,6 +33,7 @@ from datamodules.items import (
     steps_per_view,
 )
 from datamodules.shapes_views import KEEP_HUE_JITTER
+from datamodules.storage import MappedArray, cache_root
 from modules.registry import DATAMODULES
 
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datamodules.base import Captions, MappedArray, cache_root
 from datamodules.embedded.shape_sounds import SoundsConfig, ensure_sounds
 from datamodules.embedded.shapes import ensure_shapes, load_split, zero_shot_prompts
 from datamodules.items import (
@@ -36,6 +35,7 @@ from datamodules.items import (
     as_float,
 )
 from datamodules.shapes_views import SHAPES_LABELS, scenes_of
+from datamodules.storage import Captions, MappedArray, cache_root
 from modules.registry import DATAMODULES
 
 

@@ -25,7 +25,6 @@ import modules.env  # noqa: F401  (first: environment for lightning's imports)
 from dataclasses import dataclass
 from typing import Any
 
-from datamodules.base import MappedArray, cache_root
 from datamodules.embedded.shapes import (
     COLORS,
     COUNT_WORDS,
@@ -43,6 +42,7 @@ from datamodules.items import (
     Transform,
     steps_per_view,
 )
+from datamodules.storage import MappedArray, cache_root
 from modules.registry import DATAMODULES
 
 SHAPES_LABELS = {"shape": len(SHAPES), "color": len(COLORS), "count": len(COUNT_WORDS)}

@@ -17,22 +17,14 @@ from __future__ import annotations
 
 import modules.env  # noqa: F401  (first: environment for lightning's imports)
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from datamodules.base import (
-    TRAIN_PAIRS,
-    Captions,
-    FileCaptions,
-    MappedArray,
-    PairDataModule,
-    PairDataset,
-    cache_root,
-)
+from datamodules.config import SourceDataConfig
 from datamodules.embedded.moving_shapes import (
     MovingShapesConfig,
     ensure_moving_shapes,
@@ -41,20 +33,22 @@ from datamodules.embedded.moving_shapes import (
 )
 from datamodules.formats.msrvtt import read_msrvtt, read_video_csv
 from datamodules.media import decode_video, read_frame_folder
-from datamodules.transforms import AugmentConfig, ClipTransform
+from datamodules.pairs import TRAIN_PAIRS, PairDataModule, PairDataset
+from datamodules.storage import Captions, FileCaptions, MappedArray, cache_root
+from datamodules.transforms import ClipTransform
 from modules.registry import DATAMODULES
 
 FORMATS = ("embedded", "msrvtt", "csv")
 
 
 @dataclass
-class VideoTextDataConfig:
+class VideoTextDataConfig(SourceDataConfig):
     """Data block of an experiment. ``num_*`` and ``sibling_fraction`` shape the built-in data;
     ``root``, ``*_manifest`` and ``*_videos`` locate a real one."""
 
+    formats: ClassVar[tuple[str, ...]] = FORMATS
+
     name: str = "video_text"
-    format: str = "embedded"  # embedded | msrvtt | csv
-    root: str | None = None
     # manifest per split, relative to root; None: "msrvtt.json" (one file holding every
     # split, filtered by the videos' "split" field) or "<split>.csv"
     train_manifest: str | None = None
@@ -66,9 +60,6 @@ class VideoTextDataConfig:
     test_videos: str = ""
     num_frames: int = 8
     frame_size: int = 32
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    num_workers: int = 0
     max_text_len: int = 40
     num_train: int = 4000
     num_val: int = 500
@@ -78,24 +69,13 @@ class VideoTextDataConfig:
     # train batches keep each hard-negative sibling pair together (needs train_pairs: image)
     sibling_batches: bool = False
     shuffle_frames: bool = False  # the time-shuffled ablation
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    cache_dir: str | None = None
-    seed: int = 0
-    # training/evaluation stops (callbacks.data_health) when more than this fraction of the
-    # samples had a bad file (missing, corrupt); below it bad files are skipped and logged
-    max_skipped_fraction: float = 0.01
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.max_skipped_fraction <= 1.0:
-            raise ValueError("data.max_skipped_fraction must be between 0 and 1")
-        if self.format not in FORMATS:
-            raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
+        super().__post_init__()
         if self.train_pairs not in TRAIN_PAIRS:
             raise ValueError(f"data.train_pairs must be one of {TRAIN_PAIRS}")
         if self.sibling_batches and self.train_pairs != "image":
             raise ValueError("data.sibling_batches needs data.train_pairs: image")
-        if self.format != "embedded" and not self.root:
-            raise ValueError(f"data.format {self.format!r} needs data.root")
         if self.num_frames < 1 or self.frame_size < 1:
             raise ValueError("data.num_frames and data.frame_size must be positive")
         if self.format == "embedded":

@@ -14,7 +14,6 @@ import soundfile
 import torch
 
 from datamodules.audio_visual import AudioVisualDataConfig, AudioVisualDataModule
-from datamodules.base import cache_root
 from datamodules.embedded import talking
 from datamodules.embedded.talking import (
     AUDIO_SCALE,
@@ -27,6 +26,7 @@ from datamodules.embedded.talking import (
 )
 from datamodules.formats import read_lrs
 from datamodules.media import MediaError, decode_audio, log_mel, mel_filterbank
+from datamodules.storage import cache_root
 from modules.registry import DATAMODULES
 from modules.towers.tokenizer import WordTokenizer
 from tests.tiny_modules import setup_with_words

@@ -21,9 +21,10 @@ from callbacks.data_health import DataQualityError, SkippedSamples
 from callbacks.evaluation import EmbeddingMetrics
 from datamodules import ImageTextDataConfig, ImageTextDataModule
 from datamodules.audio_visual import AudioVisualDataConfig, AudioVisualDataModule
-from datamodules.base import Captions, PairDataset, TokenizeCollate
 from datamodules.media import MediaError
 from datamodules.medical_report import MedicalReportDataConfig, MedicalReportDataModule
+from datamodules.pairs import PairDataset, TokenizeCollate
+from datamodules.storage import Captions
 from datamodules.transforms import AugmentConfig
 from datamodules.video_text import VideoTextDataConfig, VideoTextDataModule
 from modules.grad_cache import split_batch

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import BatchSampler, SequentialSampler
 
 from datamodules import ImageTextDataConfig, ImageTextDataModule
-from datamodules.base import EvalShard, RankSlices
+from datamodules.samplers import EvalShard, RankSlices
 from tests.tiny_modules import setup_with_words
 
 CFG = ImageTextDataConfig(num_train=48, num_val=10, num_test=10, batch_size=12)

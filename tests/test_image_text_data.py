@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from datamodules import ImageTextDataConfig, ImageTextDataModule
-from datamodules.base import SiblingShuffle
 from datamodules.embedded import shapes
 from datamodules.embedded.shapes import COLORS, SHAPES, ShapesConfig, generate_split
+from datamodules.samplers import SiblingShuffle
 from modules.registry import DATAMODULES
 from modules.towers.tokenizer import split_words
 from tests.tiny_modules import setup_with_words

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.base import Captions, cache_root
 from datamodules.embedded import shape_sizes, shape_sounds
 from datamodules.embedded.shape_sizes import (
     AREA,
@@ -32,6 +31,7 @@ from datamodules.media import MediaError, mel_filterbank
 from datamodules.shapes_sizes import ShapesSizesDataConfig, ShapesSizesDataModule
 from datamodules.shapes_sounds import ShapesSoundsDataConfig, ShapesSoundsDataModule
 from datamodules.shapes_views import ShapesViewsDataConfig, ShapesViewsDataModule
+from datamodules.storage import Captions, cache_root
 from modules.registry import DATAMODULES, as_dataclass
 from tests.tiny_modules import setup_with_words
 

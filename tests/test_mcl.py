@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules.base import GroupBatches, RankSlices
+from datamodules.samplers import GroupBatches, RankSlices
 from modules.clustering import joint_labels, kmeans
 from modules.losses.contrastive import clip_loss
 

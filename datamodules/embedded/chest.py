@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.base import pack_strings
 from datamodules.embedded.cache import config_key, write_once
+from datamodules.storage import pack_strings
 
 GENERATOR_VERSION = 1
 SPLITS = ("train", "val", "test")

@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from datamodules.base import Captions, FileCaptions, pack_strings
 from datamodules.formats.jsonl import LabelReader
+from datamodules.storage import Captions, FileCaptions, pack_strings
 
 
 def _category_names(data: dict, annotations: Path) -> dict[int, str]:

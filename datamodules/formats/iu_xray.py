@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.base import pack_strings
 from datamodules.formats.reports import ReportStudies, pack_ragged
+from datamodules.storage import pack_strings
 
 
 def _entry(entry: object, where: str) -> tuple[str, str, list[str]]:

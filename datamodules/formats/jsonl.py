@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.base import Captions, FileCaptions, pack_strings
+from datamodules.storage import Captions, FileCaptions, pack_strings
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datamodules.base import Captions, FileCaptions, pack_strings
 from datamodules.media import decode_frames
+from datamodules.storage import Captions, FileCaptions, pack_strings
 
 #: Default mouth crop (x0, y0, x1, y1) relative to the frame: the lower middle of a face crop.
 MOUTH_BOX = (0.25, 0.5, 0.75, 0.95)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.base import pack_strings
 from datamodules.formats.reports import ReportStudies, pack_ragged
+from datamodules.storage import pack_strings
 
 #: Our finding names -> CheXpert label columns.
 CHEXPERT_COLUMNS = {

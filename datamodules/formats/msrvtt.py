@@ -20,7 +20,7 @@ import csv
 import json
 from pathlib import Path
 
-from datamodules.base import Captions, FileCaptions, pack_strings
+from datamodules.storage import Captions, FileCaptions, pack_strings
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mkv", ".mov")
 # names the official MSR-VTT annotations use for our split names

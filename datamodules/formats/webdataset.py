@@ -32,9 +32,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
-from datamodules.base import Captions, pack_strings
 from datamodules.formats.jsonl import LabelReader, captions_of
 from datamodules.media import MediaError
+from datamodules.storage import Captions, pack_strings
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 
