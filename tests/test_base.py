@@ -95,6 +95,17 @@ def test_no_weight_decay_on_temperature_norms_and_biases():
         assert (id(param) in decayed) != is_norm_or_bias, name
 
 
+def test_warmup_is_capped_by_a_fraction_of_a_short_run():
+    """A 27-step run (3 epochs of 9 batches) with the default 50 warm-up steps warms up for a
+    quarter of its steps, then decays; a long run keeps the configured 50."""
+    short = warmup_cosine(warmup=50, total=27, min_ratio=0.0, max_fraction=0.25)
+    assert short.warmup_steps() == 6
+    assert short(0) == pytest.approx(1 / 6) and short(5) == pytest.approx(1.0)
+    assert short(26) < short(10) < 1.0
+    assert warmup_cosine(50, 1000, 0.0, max_fraction=0.25).warmup_steps() == 50
+    assert warmup_cosine(50, 27, 0.0).warmup_steps() == 26  # uncapped: all but the last step
+
+
 def test_warmup_then_cosine():
     f = warmup_cosine(warmup=4, total=14, min_ratio=0.1)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]

@@ -174,3 +174,39 @@ def test_hycd_runs_on_a_jsonl_dataset_and_vit(store, tmp_path):
     vocab = load_module(str(pretrain.checkpoint)).tokenizer.vocab
     assert load_module(str(refine.checkpoint)).tokenizer.vocab == vocab
     assert set(vocab[3:]) == {"a", "square", "red", "green", "blue"}
+
+
+def test_labelled_jsonl_gets_zero_shot_and_class_retrieval_with_short_epochs(store, tmp_path):
+    """A user's small labelled JSONL dataset: 24 training images in batches of 8 (3 steps an
+    epoch, fewer than the logging interval and the 50 warm-up steps) trains, logs its steps and
+    reports zero-shot accuracy (prompt ensembles from templates) and class retrieval."""
+    write_jsonl_dataset(tmp_path / "data")
+    for split in ("train", "val", "test"):
+        path = tmp_path / "data" / f"{split}.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for row in rows:
+            row["label"] = row["captions"][1]  # the colour name
+        path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    overrides = tiny(
+        store,
+        "data.format=jsonl",
+        f"data.root={tmp_path / 'data'}",
+        "data.image_size=20",
+        "data.batch_size=8",
+        "trainer.limit_train_batches=null",
+        "trainer.log_every_n_steps=50",
+        "data.prompt_templates=['a {c} square', 'a photo of something {c}']",
+        "logger.experiment_name=labelled",
+    )
+    (result,) = run_experiment(load_experiment(EXPERIMENTS / "clip.yaml", overrides))
+    for key in (
+        "test/zero_shot/label/accuracy",
+        "test/class_retrieval/R1",
+        "test/class_retrieval/mAP",
+    ):
+        assert key in result.metrics, key
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    logged = client.get_metric_history(result.run_id, "train/loss")
+    # the interval is capped at the epoch's 3 steps: logged once in the 1-epoch run (an interval
+    # of 50 would log nothing)
+    assert [m.step for m in logged] == [2]
