@@ -125,6 +125,12 @@ class SplitsDataModule(L.LightningDataModule):
         tokenizer belongs to the text encoder: ``modules.towers.build_tokenizer``)."""
         raise NotImplementedError
 
+    def group_batches(self, item_groups: Any) -> None:
+        """Draw training batches within groups of training items (``item_groups[i]``: the
+        group of item ``i``; None: random batches). Families that can, override this."""
+        if item_groups is not None:
+            raise ValueError(f"{type(self).__name__} cannot draw training batches within groups")
+
     # -- splits --------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         """Load the splits of ``stage`` (all for None), validating real manifests here in the
