@@ -86,6 +86,7 @@ METHODS = Registry(
         "modules.cuaxu",
         "modules.cwcl",
         "modules.fdt",
+        "modules.gram",
         "modules.mcl",
         "modules.one_to_k",
         "modules.structure",
