@@ -89,7 +89,9 @@ METHODS = Registry(
         "modules.gram",
         "modules.mcl",
         "modules.one_to_k",
+        "modules.simclr",
         "modules.structure",
+        "modules.swav",
     ],
 )
 TOWERS = Registry(
