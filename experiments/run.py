@@ -56,7 +56,16 @@ def main(argv: list[str]) -> int:
 
 def summarise(results: list, seconds: float) -> None:
     """Print each stage's headline test metrics and where its run is."""
-    headline = ("/R1", "/mAP", "/modality_gap", "/alignment", "/accuracy", "/mean_auroc", "/mrv")
+    headline = (
+        "/R1",
+        "/mAP",
+        "/modality_gap",
+        "/alignment",
+        "/accuracy",
+        "/mean_auroc",
+        "/mrv",
+        "/MAE",
+    )
     print(f"\nfinished in {seconds:.0f} s")
     for result in results:
         shown = ", ".join(

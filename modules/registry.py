@@ -83,6 +83,7 @@ METHODS = Registry(
         "modules.clip_refine",
         "modules.clip_rocket",
         "modules.close",
+        "modules.conr",
         "modules.cuaxu",
         "modules.cwcl",
         "modules.fdt",
