@@ -10,11 +10,11 @@ annotations (which must then agree). An integer ``category_id`` is replaced by i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from datamodules.formats.jsonl import LabelReader
+from datamodules.formats.manifest import read_json
 from datamodules.storage import Captions, FileCaptions, pack_strings
 
 
@@ -50,12 +50,7 @@ def read_coco(
     ``labels`` collects the items' label fields, keyed by the item keys (``FileCaptions.keys``:
     the image ids as strings)."""
     annotations, image_dir = Path(annotations), Path(image_dir)
-    if not annotations.is_file():
-        raise FileNotFoundError(f"COCO annotation file {annotations} not found")
-    try:
-        data = json.loads(annotations.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{annotations}:{err.lineno}: invalid JSON ({err.msg})") from None
+    data = read_json(annotations, "COCO annotation file")
     if not isinstance(data, dict) or not all(
         isinstance(data.get(k), list) for k in ("images", "annotations")
     ):

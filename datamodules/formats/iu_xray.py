@@ -13,11 +13,11 @@ R2Gen's reports are headerless findings text; the annotation has no labels, so e
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from datamodules.formats.manifest import read_json
 from datamodules.formats.reports import ReportStudies, pack_ragged
 from datamodules.storage import pack_strings
 
@@ -40,12 +40,7 @@ def read_iu_xray(annotation: str | Path, image_dir: str | Path, split: str) -> R
     """The entries of ``split`` in file order. ``ValueError`` names the file and the entry
     (``train[3]``); a missing image raises ``FileNotFoundError`` naming it and the entry."""
     annotation, image_dir = Path(annotation), Path(image_dir)
-    if not annotation.is_file():
-        raise FileNotFoundError(f"IU-Xray annotation file {annotation} not found")
-    try:
-        data = json.loads(annotation.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{annotation}:{err.lineno}: invalid JSON ({err.msg})") from None
+    data = read_json(annotation, "IU-Xray annotation file")
     if not isinstance(data, dict) or not isinstance(data.get(split), list) or not data[split]:
         raise ValueError(f"{annotation}: expected a non-empty list under {split!r}")
     paths, views, offsets, keys, reports = [], [], [0], [], []

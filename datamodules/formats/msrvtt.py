@@ -17,9 +17,9 @@ caption are left out. Every error names the manifest and the entry (``videos[i]`
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
+from datamodules.formats.manifest import read_json
 from datamodules.storage import Captions, FileCaptions, pack_strings
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mkv", ".mov")
@@ -76,12 +76,7 @@ def read_msrvtt(
 ) -> FileCaptions:
     """The captioned videos of ``split`` (all when None, or when videos carry no ``split``)."""
     manifest, video_dir = Path(json_path), Path(video_dir)
-    if not manifest.is_file():
-        raise FileNotFoundError(f"MSR-VTT annotation file {manifest} not found")
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{manifest}:{err.lineno}: invalid JSON ({err.msg})") from None
+    data = read_json(manifest, "MSR-VTT annotation file")
     if not isinstance(data, dict) or not all(
         isinstance(data.get(k), list) for k in ("videos", "sentences")
     ):

@@ -1,0 +1,18 @@
+"""Reading a JSON annotation file the same way in every reader: a missing file and invalid JSON
+are errors that name the file (and the line)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The parsed JSON of ``path``; ``what`` names the file in errors ("COCO annotation file")."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
