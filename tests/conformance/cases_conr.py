@@ -5,10 +5,10 @@ Each rank holds [its view-0 rows; its view-1 rows], as a method passes cat(view0
 from __future__ import annotations
 
 import torch
-from tests.conformance.kit import F64, LossCase, randn
 from torch import Tensor
 
 from modules.losses.conr import conr_loss
+from tests.conformance.kit import F64, LossCase, randn
 from tests.test_losses_conr import slow_conr
 
 PER_RANK, D = 2, 3  # samples per rank; each appears twice (two views)

@@ -4,10 +4,10 @@ tests/test_losses_gram.py: k = 2, 3, 4 modalities, multi-positive ids, eps; tau 
 from __future__ import annotations
 
 import torch
-from tests.conformance.kit import F64, LossCase, unit
 from torch import Tensor
 
 from modules.losses.gram import gram_loss
+from tests.conformance.kit import F64, LossCase, unit
 from tests.test_losses_gram import slow_gram_loss
 
 N, D = 8, 5

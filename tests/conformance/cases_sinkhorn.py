@@ -5,10 +5,10 @@ row-mean of the codes against fixed weights, so the kit's per-rank mean applies.
 from __future__ import annotations
 
 import torch
-from tests.conformance.kit import LossCase, randn, unit
 from torch import Tensor
 
 from modules.losses.sinkhorn import sinkhorn_knopp
+from tests.conformance.kit import LossCase, randn, unit
 from tests.test_losses_swav import official_sinkhorn
 
 N, D, K = 8, 4, 5

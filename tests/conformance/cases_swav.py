@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from tests.conformance.kit import LossCase, unit
 from torch import Tensor
 
 from modules.losses.swav import swav_loss
+from tests.conformance.kit import LossCase, unit
 from tests.test_losses_swav import official_swav
 
 N, D, K = 8, 4, 5
