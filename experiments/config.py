@@ -129,6 +129,10 @@ class ExperimentConfig:
 
     name: str = MISSING
     seed: int = 0
+    # added to ``seed`` for this stage's random draws: a stage that must differ from another
+    # one of the same experiment (two independent runs) sets an offset, never its own seed, so
+    # every stage still follows the experiment's ``seed=N``
+    seed_offset: int = 0
     method: Any = MISSING
     data: Any = field(default_factory=lambda: {"name": "image_text"})
     model: ModelConfig = field(default_factory=ModelConfig)

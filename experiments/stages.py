@@ -255,7 +255,7 @@ def _train(
     start = time.perf_counter()
     cfg = stage.plain
     method, data_name = _names(stage)
-    L.seed_everything(cfg["seed"], workers=True, verbose=False)
+    L.seed_everything(cfg["seed"] + cfg["seed_offset"], workers=True, verbose=False)
     paths = {key: _checkpoint_path(ref, results) for key, ref in references(cfg)}
     loaded = {path: load_checkpoint(path) for path in set(paths.values())}
     init = {

@@ -228,3 +228,16 @@ def test_stage_references_per_tower_and_features_from(tmp_path):
         load_experiment(chain, ["stages.c.init_from={sound: a}"])
     with pytest.raises(ConfigError, match="model.frozen: unknown modality 'txt'"):
         load_experiment(chain, ["stages.c.model.frozen=[txt]"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_structure_source_stages_differ_for_every_experiment_seed(seed):
+    """The two 'never trained together' CLIP runs of structure.yaml must be two runs: their
+    stage configs (and so their cached checkpoints) differ whatever seed=N the user gives."""
+    from experiments.config import REPO_ROOT
+
+    stages = load_experiment(REPO_ROOT / "experiments" / "structure.yaml", [f"seed={seed}"])
+    by_name = {s.name: s.plain for s in stages}
+    assert by_name["img_src"]["seed"] == by_name["txt_src"]["seed"] == seed
+    hashes = stage_hashes(stages)
+    assert hashes["img_src"] != hashes["txt_src"]
