@@ -56,8 +56,10 @@ class EmbeddingMetrics(pl.Callback):
         """Fresh evaluators (and their metrics on the module's device) for this epoch."""
         datamodule = trainer.datamodule
         chosen = chosen_evaluators(pl_module, datamodule, self.config)
+        shared: dict = {}
         self._evaluators = [
-            EVALUATORS[name](pl_module, datamodule, options) for name, options in chosen.items()
+            EVALUATORS[name](pl_module, datamodule, options, shared)
+            for name, options in chosen.items()
         ]
 
     def _update(self, outputs: Any, batch: Any) -> None:

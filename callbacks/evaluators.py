@@ -72,12 +72,18 @@ def pairs_of(datamodule: Any, modalities: tuple[str, ...]) -> tuple[tuple[str, s
 
 class Evaluator:
     """One evaluation: built at the start of each validation/test epoch, updated per batch,
-    computed at its end. ``options`` come from the method's ``evaluators()`` or the YAML."""
+    computed at its end. ``options`` come from the method's ``evaluators()`` or the YAML;
+    ``shared`` is one dict for all evaluators of the epoch."""
 
     name: ClassVar[str]
 
-    def __init__(self, module: Any, datamodule: Any, options: dict[str, Any]) -> None:
+    def __init__(
+        self, module: Any, datamodule: Any, options: dict[str, Any], shared: dict | None = None
+    ) -> None:
         self.module, self.datamodule, self.options = module, datamodule, dict(options)
+        #: What the evaluators of one epoch share (e.g. the training-set bank of the probes),
+        #: computed once by whichever needs it first.
+        self.shared = shared if shared is not None else {}
         self.device = module.device
 
     @classmethod
@@ -99,8 +105,10 @@ class Retrieval(Evaluator):
 
     name = "retrieval"
 
-    def __init__(self, module: Any, datamodule: Any, options: dict[str, Any]) -> None:
-        super().__init__(module, datamodule, options)
+    def __init__(
+        self, module: Any, datamodule: Any, options: dict[str, Any], shared: dict | None = None
+    ) -> None:
+        super().__init__(module, datamodule, options, shared)
         self.pairs = pairs_of(datamodule, module.modalities)
         self.metrics = {
             pair: RetrievalMetrics(block_size=options.get("block_size", 1024), modalities=pair).to(
@@ -140,8 +148,10 @@ class Geometry(Evaluator):
 
     name = "geometry"
 
-    def __init__(self, module: Any, datamodule: Any, options: dict[str, Any]) -> None:
-        super().__init__(module, datamodule, options)
+    def __init__(
+        self, module: Any, datamodule: Any, options: dict[str, Any], shared: dict | None = None
+    ) -> None:
+        super().__init__(module, datamodule, options, shared)
         self.pairs = pairs_of(datamodule, module.modalities)
         most = options.get("uniformity_max_items", 4096)
         self.metrics = {
@@ -204,8 +214,10 @@ class ZeroShot(Evaluator):
 
     name = "zero_shot"
 
-    def __init__(self, module: Any, datamodule: Any, options: dict[str, Any]) -> None:
-        super().__init__(module, datamodule, options)
+    def __init__(
+        self, module: Any, datamodule: Any, options: dict[str, Any], shared: dict | None = None
+    ) -> None:
+        super().__init__(module, datamodule, options, shared)
         tasks = dict(getattr(datamodule, "zero_shot_tasks", None) or {})
         with torch.no_grad():
             self.prompts = {t: class_prompt_embeddings(module, c) for t, c in tasks.items()}
@@ -239,8 +251,10 @@ class ZeroShotBinary(Evaluator):
 
     name = "zero_shot_binary"
 
-    def __init__(self, module: Any, datamodule: Any, options: dict[str, Any]) -> None:
-        super().__init__(module, datamodule, options)
+    def __init__(
+        self, module: Any, datamodule: Any, options: dict[str, Any], shared: dict | None = None
+    ) -> None:
+        super().__init__(module, datamodule, options, shared)
         tasks = dict(getattr(datamodule, "zero_shot_binary_tasks", None) or {})
         with torch.no_grad():
             self.prompts = {t: class_prompt_embeddings(module, list(p)) for t, p in tasks.items()}
@@ -277,8 +291,10 @@ class Choice(Evaluator):
 
     name = "choice"
 
-    def __init__(self, module: Any, datamodule: Any, options: dict[str, Any]) -> None:
-        super().__init__(module, datamodule, options)
+    def __init__(
+        self, module: Any, datamodule: Any, options: dict[str, Any], shared: dict | None = None
+    ) -> None:
+        super().__init__(module, datamodule, options, shared)
         self.inputs = dict(getattr(datamodule, "choice_tasks", None) or {})
         self.metrics = {task: ChoiceAccuracy().to(self.device) for task in self.inputs}
         self.pair = tuple(module.modalities[:2])
@@ -311,8 +327,10 @@ class ClassRetrievalEvaluator(Evaluator):
 
     name = "class_retrieval"
 
-    def __init__(self, module: Any, datamodule: Any, options: dict[str, Any]) -> None:
-        super().__init__(module, datamodule, options)
+    def __init__(
+        self, module: Any, datamodule: Any, options: dict[str, Any], shared: dict | None = None
+    ) -> None:
+        super().__init__(module, datamodule, options, shared)
         self.labels = tuple(getattr(datamodule, "class_retrieval_labels", None) or ())
         self.metric = ClassRetrieval().to(self.device)
         self.side = options.get("modality", module.modalities[0])
@@ -358,12 +376,17 @@ class _Probe(Evaluator):
 
     metric_cls: ClassVar[type]
 
-    def __init__(self, module: Any, datamodule: Any, options: dict[str, Any]) -> None:
-        super().__init__(module, datamodule, options)
+    def __init__(
+        self, module: Any, datamodule: Any, options: dict[str, Any], shared: dict | None = None
+    ) -> None:
+        super().__init__(module, datamodule, options, shared)
         self.side = options.get("modality", module.modalities[0])
         labels = dict(getattr(datamodule, "labels", None) or {})
         tasks = options.get("tasks") or list(labels)
-        bank = training_bank(module, datamodule, self.side, tasks)
+        key = ("training_bank", self.side, tuple(tasks))
+        if key not in self.shared:  # k-NN and the linear probe read the same bank
+            self.shared[key] = training_bank(module, datamodule, self.side, tasks)
+        bank = self.shared[key]
         extra = {k: v for k, v in options.items() if k not in ("modality", "tasks")}
         self.metrics = {}
         for task in tasks:
@@ -416,8 +439,10 @@ class Regression(Evaluator):
 
     name = "regression"
 
-    def __init__(self, module: Any, datamodule: Any, options: dict[str, Any]) -> None:
-        super().__init__(module, datamodule, options)
+    def __init__(
+        self, module: Any, datamodule: Any, options: dict[str, Any], shared: dict | None = None
+    ) -> None:
+        super().__init__(module, datamodule, options, shared)
         targets = options.get("targets") or list(getattr(datamodule, "targets", ()) or ())
         extra = {k: v for k, v in options.items() if k != "targets"}
         self.metrics = {}
@@ -448,8 +473,10 @@ class STS(Evaluator):
 
     name = "sts"
 
-    def __init__(self, module: Any, datamodule: Any, options: dict[str, Any]) -> None:
-        super().__init__(module, datamodule, options)
+    def __init__(
+        self, module: Any, datamodule: Any, options: dict[str, Any], shared: dict | None = None
+    ) -> None:
+        super().__init__(module, datamodule, options, shared)
         self.pair = tuple(options.get("pair") or module.modalities[:2])
         self.target = options.get("target", "score")
         self.metric = STSSpearman().to(self.device)
@@ -470,8 +497,10 @@ class Classifier(Evaluator):
 
     name = "classifier"
 
-    def __init__(self, module: Any, datamodule: Any, options: dict[str, Any]) -> None:
-        super().__init__(module, datamodule, options)
+    def __init__(
+        self, module: Any, datamodule: Any, options: dict[str, Any], shared: dict | None = None
+    ) -> None:
+        super().__init__(module, datamodule, options, shared)
         self.metrics: dict[str, ZeroShotAccuracy] = {}
 
     def update(self, out: dict[str, Any], batch: dict[str, Any]) -> None:
@@ -501,8 +530,10 @@ class Languages(Evaluator):
 
     name = "languages"
 
-    def __init__(self, module: Any, datamodule: Any, options: dict[str, Any]) -> None:
-        super().__init__(module, datamodule, options)
+    def __init__(
+        self, module: Any, datamodule: Any, options: dict[str, Any], shared: dict | None = None
+    ) -> None:
+        super().__init__(module, datamodule, options, shared)
         self.pair = tuple(module.modalities[:2])
         self.kind = options.get("mrv_kind", "std")
         self.metrics: list[RetrievalWithRanks] = []

@@ -111,8 +111,10 @@ class VolumeRetrieval(Evaluator):
 
     name = "volume_retrieval"
 
-    def __init__(self, module: Any, datamodule: Any, options: dict[str, Any]) -> None:
-        super().__init__(module, datamodule, options)
+    def __init__(
+        self, module: Any, datamodule: Any, options: dict[str, Any], shared: dict | None = None
+    ) -> None:
+        super().__init__(module, datamodule, options, shared)
         encoders = tuple(module.modalities)
         self.anchor = options.get("anchor", encoders[-1])
         self.others = tuple(options.get("modalities") or (m for m in encoders if m != self.anchor))
