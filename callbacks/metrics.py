@@ -100,7 +100,10 @@ class RetrievalMetrics(_PairedEmbeddings):
 
     Ranks are 1-based and ties are pessimistic: a query's rank is 1 + the number of *negatives*
     scoring at least as high as its best positive, so collapsed embeddings cannot score well,
-    while captions that tie with each other do not push their image down.
+    while captions that tie with each other do not push their image down. Where a tie changes
+    any rank (identical captions of different items, e.g. templated or class-name captions),
+    ``compute`` also reports ``R<K>_optimistic``: 1 + the negatives scoring strictly higher,
+    the value that top-k-by-index evaluation (CLIP_benchmark) reports for such data.
     Every score a query is compared with comes from the same similarity product as the score of
     its positive, so exact ties stay exact. Ranks are computed in blocks of at most
     ``block_size`` query rows and ``block_elements`` scores, so memory stays bounded however
@@ -123,17 +126,28 @@ class RetrievalMetrics(_PairedEmbeddings):
     def compute(self) -> dict[str, Tensor]:
         distinct = self._distinct()
         a, b = self.modalities
-        forward = _rank_summary(self._item_to_caption_ranks(*distinct), self.ks, f"{a}_to_{b}")
-        backward = _rank_summary(self._caption_to_item_ranks(*distinct), self.ks, f"{b}_to_{a}")
-        return forward | backward
+        out: dict[str, Tensor] = {}
+        for prefix, (ranks, optimistic) in (
+            (f"{a}_to_{b}", self._item_to_caption_ranks(*distinct)),
+            (f"{b}_to_{a}", self._caption_to_item_ranks(*distinct)),
+        ):
+            out |= _rank_summary(ranks, self.ks, prefix)
+            if not torch.equal(ranks, optimistic):
+                optimistic = optimistic.float()
+                for k in self.ks:
+                    out[f"{prefix}/R{k}_optimistic"] = 100.0 * (optimistic <= k).float().mean()
+        return out
 
     def _rows_per_block(self, columns: int) -> int:
         return max(1, min(self.block_size, self.block_elements // max(columns, 1)))
 
-    def _item_to_caption_ranks(self, item: Tensor, caption: Tensor, caption_item: Tensor) -> Tensor:
-        """Per item: 1 + the number of non-captions scoring at least as high as its best
-        caption, i.e. (scores >= best).sum() minus its own captions that reach ``best``."""
-        ranks = []
+    def _item_to_caption_ranks(
+        self, item: Tensor, caption: Tensor, caption_item: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Per item, pessimistic: 1 + the number of non-captions scoring at least as high as
+        its best caption, i.e. (scores >= best).sum() minus its own captions that reach
+        ``best``; optimistic: 1 + the number scoring strictly higher (no own caption can)."""
+        ranks, optimistic = [], []
         rows = self._rows_per_block(len(caption))
         columns = caption.T.contiguous()  # once, not a fresh transposed copy per block
         buffers = _BlockBuffers(rows, len(caption), item)
@@ -148,12 +162,16 @@ class RetrievalMetrics(_PairedEmbeddings):
             tied = torch.zeros(stop - start, dtype=torch.long, device=sims.device)
             tied = tied.scatter_add(0, owner, (own >= best[owner]).long())
             ranks.append(1 + buffers.at_least(sims, best[:, None]).count_nonzero(dim=1) - tied)
-        return torch.cat(ranks)
+            optimistic.append(1 + buffers.above(sims, best[:, None]).count_nonzero(dim=1))
+        return torch.cat(ranks), torch.cat(optimistic)
 
-    def _caption_to_item_ranks(self, item: Tensor, caption: Tensor, caption_item: Tensor) -> Tensor:
-        """Per caption: 1 + the number of other items scoring at least as high as its own
-        (its own column always counts in ``sims >= own``)."""
-        ranks = []
+    def _caption_to_item_ranks(
+        self, item: Tensor, caption: Tensor, caption_item: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Per caption, pessimistic: 1 + the number of other items scoring at least as high
+        as its own (its own column always counts in ``sims >= own``); optimistic: 1 + the
+        number scoring strictly higher."""
+        ranks, optimistic = [], []
         rows = self._rows_per_block(len(item))
         columns = item.T.contiguous()
         buffers = _BlockBuffers(rows, len(item), caption)
@@ -162,7 +180,8 @@ class RetrievalMetrics(_PairedEmbeddings):
             sims = buffers.scores(caption[start:stop], columns)
             own = sims.gather(1, caption_item[start:stop, None])
             ranks.append(buffers.at_least(sims, own).count_nonzero(dim=1))
-        return torch.cat(ranks)
+            optimistic.append(1 + buffers.above(sims, own).count_nonzero(dim=1))
+        return torch.cat(ranks), torch.cat(optimistic)
 
 
 class RetrievalWithRanks(RetrievalMetrics):
@@ -174,8 +193,8 @@ class RetrievalWithRanks(RetrievalMetrics):
         distinct = self._distinct()
         return {
             **super().compute(),
-            "ranks/item": self._item_to_caption_ranks(*distinct),
-            "ranks/caption": self._caption_to_item_ranks(*distinct),
+            "ranks/item": self._item_to_caption_ranks(*distinct)[0],
+            "ranks/caption": self._caption_to_item_ranks(*distinct)[0],
         }
 
 
@@ -204,6 +223,9 @@ class _BlockBuffers:
 
     def at_least(self, scores: Tensor, threshold: Tensor) -> Tensor:
         return torch.ge(scores, threshold, out=self._hits[: len(scores)])
+
+    def above(self, scores: Tensor, threshold: Tensor) -> Tensor:
+        return torch.gt(scores, threshold, out=self._hits[: len(scores)])
 
 
 class AlignmentUniformity(_PairedEmbeddings):

@@ -49,10 +49,11 @@ class SiblingShuffle(Sampler[int]):
 class GroupBatches(Sampler[list[int]]):
     """Global batches drawn within groups: every batch holds samples of one group only
     (``groups[k]``: the group of sample ``k``). Each epoch shuffles every group, cuts it into
-    full batches (a group's remainder is dropped), and shuffles the batches of all groups
-    together, as the batch sampler of MCL's official code does. Deterministic from ``seed``.
-    Used for MCL's feature-aware negatives: the in-batch negatives of a sample all share its
-    cluster."""
+    full batches (a group's remainder is dropped) and takes the groups in turn, in group
+    order: a batch of the first group, then of the second, ..., then the first again, skipping
+    groups that have run out, as MCL's official ``MCL_batch_sampler_DDP`` does.
+    Deterministic from ``seed``. Used for MCL's feature-aware negatives: the in-batch
+    negatives of a sample all share its cluster."""
 
     def __init__(self, groups: np.ndarray, batch_size: int, seed: int) -> None:
         self.groups = np.asarray(groups, dtype=np.int64)
@@ -75,13 +76,15 @@ class GroupBatches(Sampler[list[int]]):
         return sum(len(m) // self.batch_size for m in self.members)
 
     def __iter__(self):
-        batches = []
+        per_group = []
         for members in self.members:
             order = members[torch.randperm(len(members), generator=self.generator).numpy()]
             full = len(order) // self.batch_size * self.batch_size
-            batches += np.split(order[:full], full // self.batch_size) if full else []
-        for b in torch.randperm(len(batches), generator=self.generator).tolist():
-            yield batches[b].tolist()
+            per_group.append(np.split(order[:full], full // self.batch_size) if full else [])
+        for turn in range(max(len(batches) for batches in per_group)):
+            for batches in per_group:
+                if turn < len(batches):
+                    yield batches[turn].tolist()
 
 
 class RankSlices(Sampler[list[int]]):

@@ -98,6 +98,7 @@ class Temperature(nn.Module):
         self.log_scale = nn.Parameter(
             torch.tensor(math.log(1.0 / temperature)), requires_grad=learnable
         )
+        self.clamp_()  # a start outside the range is clamped before the first step
 
     @property
     def scale(self) -> torch.Tensor:

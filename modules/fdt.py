@@ -27,6 +27,11 @@ Choices, checked against the official code (``yuxiaochen1103/FDT``,
 - padding: the official code multiplies the scores of pad tokens by 0 before the max-pool, so a
   pad can still win the max with score 0. Here pad scores are set to -inf (excluded), the
   intended behaviour per the paper ("valid tokens") and methods/part1.md section 10;
+- logit scale: the official CC3M run clamps the parameter log(1/T) to [3, 6] before and after
+  every step (``grad_clip: logit_scale_param_value``) and its forward caps 1/T at 100, so 1/T
+  stays in [e^3 = 20.1, 100]; ``official_scale_clamp: true`` keeps log(1/T) in
+  [3, ln model.max_logit_scale] (the same range; the official parameter may drift above ln 100
+  while the capped scale stays 100, here it is clamped there). Off by default: CLIP's clamp;
 - ``Sparsemax`` there has a hand-written backward; here sparsemax is a closed form that autograd
   differentiates exactly (modules/losses/sparsemax.py, checked by gradcheck).
 """
@@ -40,10 +45,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from modules.base import Temperature
 from modules.clip import CLIP, CLIPConfig
 from modules.losses.sparsemax import sparsemax
 from modules.registry import METHODS
 from modules.towers.output import TowerOutput
+
+#: Lower clamp of log(1/T) in the official CC3M config (``grad_clip.value``).
+OFFICIAL_MIN_LOG_SCALE = 3.0
 
 
 @dataclass
@@ -51,6 +60,10 @@ class FDTConfig(CLIPConfig):
     name: str = "fdt"
     num_tokens: int = 1024  # K, the codebook size (16384 in the paper)
     token_temperature: float = 1000.0  # T_fdt of the scores (official CC3M config)
+    # True: the official run's logit-scale clamp (config_cc3m.yaml grad_clip
+    # logit_scale_param_value: log(1/T) in [3, 6], with the forward capping 1/T at 100), i.e.
+    # 1/T in [e^3, model.max_logit_scale]; False: CLIP's [1, model.max_logit_scale]
+    official_scale_clamp: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -97,6 +110,14 @@ class FDT(CLIP):
         self.codebook = nn.Parameter(torch.randn(cfg.num_tokens, dim))
         self.queries = nn.ModuleDict({side: query_map(dim, dim) for side in self.modalities})
         self._active_tokens: dict[str, Tensor] = {}
+        if cfg.official_scale_clamp:
+            model = self.hparams["model"]
+            self.temperature = Temperature(
+                model["temperature"],
+                model["learnable_temperature"],
+                model["max_logit_scale"],
+                max_temperature=math.exp(-OFFICIAL_MIN_LOG_SCALE),
+            )
 
     def weights(self, side: str, output: TowerOutput) -> Tensor:
         """``w`` [B, K] of ``side`` from its token outputs."""

@@ -11,9 +11,12 @@ simultaneous positives (Sec. 4 of the paper; ``get_unialign_contrastive_loss``),
 ``L = (L_i2t + L_t2i) / (2K)``. The K languages share one text tower.
 
 Data: ``data.languages: K`` (datamodules/languages.py) gives every batch ``text_ids_k`` [B, K, L];
-the text tower encodes the B·K captions image-major. ``method.objective: one_to_one`` trains the
-1-to-1 baseline instead (CLIP on ``text_ids``, one random language per caption and epoch) with
-the same evaluation, for a like-for-like comparison.
+the text tower encodes the B·K captions image-major. Two 1-to-1 baselines share the
+evaluation: ``method.objective: one_to_one`` (CLIP on ``text_ids``, one random language per
+caption and step, so each language gets 1/K of 1-to-K's text updates) and ``k_pairs`` (each
+image with each of its K captions as K separate CLIP pairs in the same step,
+:func:`~modules.losses.one_to_k.k_pairs_loss`: the same exposure as 1-to-K, one language per
+softmax).
 
 Evaluation (Sec. 5 of the paper): per language ``k``, retrieval of the images against that
 language's captions (:class:`~callbacks.metrics.RetrievalMetrics`), and the Mean Rank Variance
@@ -44,11 +47,13 @@ from torch import Tensor
 
 from modules.base import DualTowerModule, MethodConfig, Temperature
 from modules.losses.contrastive import clip_loss
-from modules.losses.one_to_k import one_to_k_loss
+from modules.losses.one_to_k import k_pairs_loss, one_to_k_loss
 from modules.registry import METHODS
 from modules.towers.output import TowerOutput
 
-OBJECTIVES = ("one_to_k", "one_to_one")
+OBJECTIVES = ("one_to_k", "one_to_one", "k_pairs")
+#: Objectives that train on all K captions of ``text_ids_k``.
+ALL_LANGUAGES = ("one_to_k", "k_pairs")
 MRV_KINDS = ("std", "var")  # the languages evaluator's spreads
 #: Key of the K-language caption outputs in ``encode``'s dict ([B K, ...], image-major).
 LANGUAGES = "text_k"
@@ -57,7 +62,8 @@ LANGUAGES = "text_k"
 @dataclass
 class OneToKConfig(MethodConfig):
     name: str = "one_to_k"
-    # one_to_k: the paper's loss on all K captions | one_to_one: CLIP on text_ids (the baseline)
+    # one_to_k: the paper's loss on all K captions | one_to_one: CLIP on text_ids, one random
+    # language (a baseline) | k_pairs: CLIP on each language's captions, averaged (a baseline)
     objective: str = "one_to_k"
     # upper clamp of tau (official: 0.5), i.e. log(1/tau) >= ln 2; the lower clamp is
     # 1/model.max_logit_scale (official 0.001: max_logit_scale 1000)
@@ -95,18 +101,18 @@ class OneToK(DualTowerModule):
         )
 
     def encode(self, batch: dict[str, Any]) -> dict[str, TowerOutput]:
-        """The item tower's output, the ``text_ids`` captions' (unless training 1-to-K) and,
-        with K languages, the B·K captions of ``text_ids_k`` as ``text_k`` with fields
-        ``[B, K, ...]`` (unless training 1-to-1): each training step encodes only what its loss
-        reads, and every output keeps the batch as its first dimension (gradient caching cuts
-        them into micro-batches)."""
+        """The item tower's output, the ``text_ids`` captions' (unless training on all
+        languages) and, with K languages, the B·K captions of ``text_ids_k`` as ``text_k`` with
+        fields ``[B, K, ...]`` (unless training 1-to-1): each training step encodes only what
+        its loss reads, and every output keeps the batch as its first dimension (gradient
+        caching cuts them into micro-batches)."""
         item, caption = self.pair
         outputs = {item: self.towers[item](batch)}
         multilingual = "text_ids_k" in batch
-        one_to_k = self.method_cfg.objective == "one_to_k"
-        if not (self.training and multilingual and one_to_k):
+        all_languages = self.method_cfg.objective in ALL_LANGUAGES
+        if not (self.training and multilingual and all_languages):
             outputs[caption] = self.towers[caption](batch)
-        if multilingual and not (self.training and not one_to_k):
+        if multilingual and not (self.training and not all_languages):
             ids, mask = batch["text_ids_k"], batch["text_mask_k"]
             flat = self.towers[caption](
                 {"text_ids": ids.flatten(0, 1), "text_mask": mask.flatten(0, 1)}
@@ -127,9 +133,10 @@ class OneToK(DualTowerModule):
             return {"itc": clip_loss(image, text, self.scale, ids=ids)}
         if LANGUAGES in outputs:
             texts = self.normalized(caption, outputs[LANGUAGES])
-        else:  # one language: the loss is CLIP's
+        else:  # one language: either loss is CLIP's
             texts = self.normalized(caption, outputs[caption])[:, None]
-        return {"itc": one_to_k_loss(image, texts, self.scale, ids=ids)}
+        loss = k_pairs_loss if self.method_cfg.objective == "k_pairs" else one_to_k_loss
+        return {"itc": loss(image, texts, self.scale, ids=ids)}
 
     # ------------------------------------------------------------------ per-language evaluation
 

@@ -53,10 +53,14 @@ class ImageViewConfig:
 
 @dataclass
 class TextViewConfig:
-    """EDA on ids. ``op_weights``: relative odds of (identity, swap, deletion); clip-rocket's
-    defaults are swap 0.2, deletion 0.1 (its synonym replacement 0.2 is left out)."""
+    """EDA on ids, as clip-rocket's training script (main.py) sets it: stop words removed with
+    probability 0.8 (``--remove-stopwords-prob``; its tokenizer class's own default is 0.5),
+    then one op drawn with odds (identity, swap, deletion) = (0, 0.4, 0.2) ~ (0, 0.2, 0.1)
+    (``--no-text-augment-prob``, ``--random-swap-prob``, ``--random-deletion-prob``; its
+    synonym replacement, odds 0.4, is left out); a deletion drops each word with
+    ``deletion_prob`` (EDA's default p = 0.1)."""
 
-    stop_word_prob: float = 0.5
+    stop_word_prob: float = 0.8
     op_weights: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.1])
     deletion_prob: float = 0.1
 

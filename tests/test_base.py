@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from modules.base import FitContext, warmup_cosine
+from modules.base import FitContext, Temperature, warmup_cosine
 from modules.clip import CLIP
 from modules.clip_refine import CLIPRefine
 from modules.towers.tokenizer import WordTokenizer
@@ -76,6 +76,11 @@ def test_temperature_is_clamped_after_every_step():
         module.temperature.log_scale.fill_(math.log(100.0) - 1e-4)
     fit(module, 3)
     assert 0.0 <= module.temperature.log_scale.item() <= math.log(100.0) + 1e-7
+
+
+def test_a_temperature_started_outside_its_range_is_clamped_before_the_first_step():
+    temperature = Temperature(0.07, max_scale=100.0, max_temperature=math.exp(-3.0))
+    assert temperature.log_scale.item() == pytest.approx(3.0)  # log(1/0.07) = 2.66 < 3
 
 
 def test_no_weight_decay_on_temperature_norms_and_biases():

@@ -4,6 +4,8 @@ padding; the module's loss and metrics read the FDT embedding."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -168,3 +170,14 @@ def test_loss_and_eval_read_the_fdt_embedding_and_train_codebook_and_queries():
     torch.testing.assert_close(fdt.encode_texts(["a red circle", "a blue square"]), b[:2].detach())
     with pytest.raises(ValueError, match="num_tokens"):
         module(num_tokens=1)
+
+
+def test_official_scale_clamp_keeps_the_logit_scale_in_e3_to_max():
+    default, official = module(), module(official_scale_clamp=True)
+    assert default.temperature.log_scale.item() == pytest.approx(math.log(1 / 0.07))
+    # log(1/0.07) = 2.66 starts below the official lower clamp 3
+    assert official.temperature.log_scale.item() == pytest.approx(3.0)
+    with torch.no_grad():
+        official.temperature.log_scale.fill_(10.0)
+    official.temperature.clamp_()
+    assert official.temperature.log_scale.item() == pytest.approx(math.log(100.0))

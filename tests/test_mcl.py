@@ -61,6 +61,8 @@ def test_every_batch_holds_one_group_and_remainders_are_dropped():
     assert len({i for b in epoch for i in b}) == 18  # no sample twice in an epoch
     assert list(sampler) != epoch  # reshuffled each epoch
     assert list(GroupBatches(groups, 3, seed=0)) == epoch  # deterministic from the seed
+    # groups in turn, as the official sampler: 0, 1, 2, then 0, 1 (2 has run out), then 0
+    assert [int(groups[b[0]]) for b in epoch] == [0, 1, 2, 0, 1, 0]
     with pytest.raises(ValueError, match="no group has batch_size 11"):
         GroupBatches(groups, batch_size=11, seed=0)
 

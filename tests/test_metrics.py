@@ -117,6 +117,36 @@ def test_retrieval_drops_padded_duplicates_and_ignores_order():
     assert_dicts_close(feed(RetrievalMetrics(block_size=5), reversed_rows, batch=64), want)
 
 
+def test_retrieval_reports_optimistic_recall_only_where_ties_change_a_rank():
+    # 6 images of 3 classes, one caption each, the caption is the class name: captions of one
+    # class are identical, so every image ties with its class mates' captions
+    classes = torch.tensor([0, 0, 1, 1, 2, 2])
+    text = torch.eye(3)[classes]
+    image = F.normalize(text + 0.01 * torch.arange(6.0)[:, None], dim=1)  # no ties of its own
+    ids = torch.arange(6)
+    got = feed(RetrievalMetrics(ks=(1, 2)), (image, text, ids, ids))
+    # pessimistic: the tied caption of the class mate comes first; optimistic: it does not
+    assert float(got["image_to_text/R1"]) == 0.0
+    assert float(got["image_to_text/R1_optimistic"]) == 100.0
+    assert float(got["image_to_text/R2"]) == float(got["image_to_text/R2_optimistic"]) == 100.0
+    # caption -> image: the two images of a class score differently, so half the queries win
+    # either way (ties among images only in the collapsed case below)
+    assert float(got["text_to_image/R1"]) == pytest.approx(50.0)
+    assert "text_to_image/R1_optimistic" not in got
+    # distinct captions: no tie, no optimistic keys
+    plain = feed(RetrievalMetrics(), make_pairs(noise=1.0, seed=3))
+    assert not [key for key in plain if key.endswith("_optimistic")]
+
+
+def test_retrieval_optimistic_ranks_of_collapsed_embeddings_are_one():
+    image, _, item_id, index = make_pairs(seed=2)
+    same = F.normalize(torch.ones(image.shape[1]), dim=0).expand_as(image).contiguous()
+    got = feed(RetrievalMetrics(), (same, same.clone(), item_id, index))
+    assert float(got["image_to_text/R1"]) == 0.0 and float(got["text_to_image/R1"]) == 0.0
+    assert float(got["image_to_text/R1_optimistic"]) == 100.0
+    assert float(got["text_to_image/R1_optimistic"]) == 100.0
+
+
 def test_retrieval_perfect_and_collapsed_embeddings():
     image, _, item_id, index = make_pairs(seed=2)
     perfect = feed(RetrievalMetrics(), (image, image.clone(), item_id, index))

@@ -147,7 +147,7 @@ def _module(vocab: list[str], cls: type = OneToK, **method) -> L.LightningModule
     )
 
 
-@pytest.mark.parametrize("objective", ["one_to_k", "one_to_one"])
+@pytest.mark.parametrize("objective", ["one_to_k", "one_to_one", "k_pairs"])
 def test_module_trains_and_logs_per_language_recall_and_mrv(tmp_path, objective):
     dm = _setup(languages=3, image_size=24, max_text_len=8)
     module = _module(dm.tokenizer.vocab, objective=objective)

@@ -22,10 +22,12 @@ official code instead computes the whole global matrix on every rank.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from modules.distributed import gather_with_grad
 from modules.losses.contrastive import (
+    clip_loss,
     multi_positive_targets,
     row_and_column_ids,
     soft_target_cross_entropy,
@@ -57,3 +59,18 @@ def one_to_k_loss(
     targets_t2i = multi_positive_targets(rows.repeat_interleave(k), cols, dtype=image.dtype)
     loss_t2i = soft_target_cross_entropy(logits_t2i, targets_t2i)
     return (loss_i2t + loss_t2i) / (2 * k)
+
+
+def k_pairs_loss(
+    image: Tensor,
+    text: Tensor,
+    logit_scale: Tensor | float,
+    ids: Tensor | None = None,
+) -> Tensor:
+    """The equal-exposure 1-to-1 baseline of 1-to-K: each image paired with each of its K
+    captions as K separate one-to-one pairs in the same step, ``(1/K) sum_k L_CLIP(I, T_k)``
+    (``text`` [B, K, D]): every language gets as many text updates per step as under
+    :func:`one_to_k_loss`, but each softmax holds one language only. ``ids`` as in
+    :func:`~modules.losses.contrastive.clip_loss`."""
+    losses = [clip_loss(image, text[:, k], logit_scale, ids=ids) for k in range(text.shape[1])]
+    return torch.stack(losses).mean()
