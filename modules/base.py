@@ -15,7 +15,8 @@ A method implements public hooks only (docs/new_method.md):
 - ``scalars(outputs)``: extra values to log;
 - ``evaluators()``: evaluations the method needs beyond the data's defaults, by name;
 - ``eval_outputs(batch, outputs)``: extra tensors for those evaluators (predictions, logits);
-- ``prepare_fit(ctx)``: before training, with a narrow :class:`FitContext`.
+- ``prepare_fit(ctx)``: before training, with a narrow :class:`FitContext`;
+- ``lr_multipliers()``: parameters trained at a multiple of ``optim.lr`` (class proxies).
 
 Temperatures are :class:`Temperature` modules that clamp themselves after every step.
 """
@@ -294,6 +295,14 @@ class AlignmentModule(L.LightningModule):
                 f"features_from: method {self.method_cfg.name} does not read earlier stages"
             )
 
+    def lr_multipliers(self) -> dict[str, float]:
+        """Learning-rate multipliers by parameter name (as ``named_parameters`` spells it, or a
+        module prefix of it, e.g. ``class_weights``): those trainable parameters get
+        ``optim.lr * multiplier`` in groups of their own, on the same schedule (warm-up and
+        cosine scale every group alike). None by default; a name that matches no trainable
+        parameter is an error."""
+        return {}
+
     # ------------------------------------------------------------------ encoding helpers
 
     def encode_with(self, towers: nn.ModuleDict, batch: dict[str, Any]) -> dict[str, TowerOutput]:
@@ -515,17 +524,11 @@ class AlignmentModule(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW; no weight decay on the temperature, norms and biases (ndim < 2)."""
-        decay, no_decay = [], []
-        for _, param in self.named_parameters():
-            if param.requires_grad:
-                (no_decay if param.ndim < 2 else decay).append(param)
+        """AdamW; no weight decay on the temperature, norms and biases (ndim < 2); the
+        parameters of ``lr_multipliers`` in extra groups at their own rate."""
         cfg = self.optim_cfg
         optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": cfg["weight_decay"]},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
+            self._param_groups(cfg["lr"], cfg["weight_decay"]),
             lr=cfg["lr"],
             betas=tuple(cfg["betas"]),
             eps=cfg["eps"],
@@ -540,6 +543,42 @@ class AlignmentModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def _param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """[decay, no decay] at ``lr``, then one group per (multiplier, decay) of
+        ``lr_multipliers`` (multiplier 1: the plain groups)."""
+        multipliers = self.lr_multipliers()
+        decay, no_decay = [], []
+        extra: dict[tuple[float, bool], list[nn.Parameter]] = {}
+        used: set[str] = set()
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            key = next((k for k in multipliers if name == k or name.startswith(f"{k}.")), None)
+            plain = no_decay if param.ndim < 2 else decay
+            if key is None or multipliers[key] == 1.0:
+                plain.append(param)
+            else:
+                extra.setdefault((multipliers[key], param.ndim < 2), []).append(param)
+            if key is not None:
+                used.add(key)
+        unknown = sorted(set(multipliers) - used)
+        if unknown:
+            raise ValueError(f"lr_multipliers: no trainable parameter named {unknown}")
+        groups: list[dict[str, Any]] = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        for (multiplier, flat), params in extra.items():
+            groups.append(
+                {
+                    "params": params,
+                    "weight_decay": 0.0 if flat else weight_decay,
+                    "lr": lr * multiplier,
+                    "lr_multiplier": multiplier,
+                }
+            )
+        return groups
 
     def on_train_start(self) -> None:
         """Give the schedule its number of steps and set the current rate from it; log what

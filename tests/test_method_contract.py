@@ -24,6 +24,7 @@ PUBLIC_HOOKS = {
     "evaluators",
     "eval_outputs",
     "prepare_fit",
+    "lr_multipliers",
 }
 
 

@@ -30,21 +30,34 @@ from torch import Tensor
 MARGINS = ("arc", "cos")
 
 
+def _margin_target(target: Tensor, margin: float, kind: str) -> Tensor:
+    """The margin-adjusted cosine of (true-class) entries ``target``: ``cos(θ + m)`` (arc,
+    with the fallback above) or ``cos θ - m`` (cos); unscaled."""
+    if kind not in MARGINS:
+        raise ValueError(f"margin kind must be one of {MARGINS}, got {kind!r}")
+    if kind == "cos":
+        return target - margin
+    inside = target > math.cos(math.pi - margin)
+    safe = torch.where(inside, target, torch.zeros_like(target))
+    sine = (1.0 - safe * safe).clamp_min(torch.finfo(safe.dtype).eps).sqrt()
+    arc = safe * math.cos(margin) - sine * math.sin(margin)
+    return torch.where(inside, arc, target - margin * math.sin(margin))
+
+
 def margin_logits(cosine: Tensor, labels: Tensor, margin: float, kind: str = "arc") -> Tensor:
     """``cosine`` [B, C] with each row's true-class entry replaced by ``cos(θ_y + m)`` (arc,
     with the fallback above) or ``cos θ_y - m`` (cos); unscaled."""
-    if kind not in MARGINS:
-        raise ValueError(f"margin kind must be one of {MARGINS}, got {kind!r}")
-    target = cosine.gather(1, labels[:, None])
-    if kind == "cos":
-        phi = target - margin
-    else:
-        inside = target > math.cos(math.pi - margin)
-        safe = torch.where(inside, target, torch.zeros_like(target))
-        sine = (1.0 - safe * safe).clamp_min(torch.finfo(safe.dtype).eps).sqrt()
-        arc = safe * math.cos(margin) - sine * math.sin(margin)
-        phi = torch.where(inside, arc, target - margin * math.sin(margin))
+    phi = _margin_target(cosine.gather(1, labels[:, None]), margin, kind)
     return cosine.scatter(1, labels[:, None], phi)
+
+
+def margin_logits_where(
+    cosine: Tensor, positive: Tensor, margin: float, kind: str = "arc"
+) -> Tensor:
+    """:func:`margin_logits` for several positives per row: every entry where ``positive``
+    [B, C] (bool) holds gets the margin (MCIP's ``MultiLabelArcMarginProductForText``:
+    ``one_hot * phi + (1 - one_hot) * cosine``); unscaled."""
+    return torch.where(positive, _margin_target(cosine, margin, kind), cosine)
 
 
 def margin_softmax_loss(
