@@ -323,7 +323,13 @@ class Choice(Evaluator):
 
 @register
 class ClassRetrievalEvaluator(Evaluator):
-    """Item-to-item retrieval by class (the combination of ``class_retrieval_labels``)."""
+    """Item-to-item retrieval by class (the combination of ``class_retrieval_labels``).
+
+    Option ``subsets: {<subset>: {<label>: [class names]}}``: also retrieval among the items of
+    each subset alone (queries and gallery), ``class_retrieval/<subset>/R1`` and ``mAP``; an item
+    belongs to a subset when each listed label has one of the listed names. With the classes a
+    training stage never saw (e.g. ``data.train_exclude``), that is retrieval of unseen classes.
+    """
 
     name = "class_retrieval"
 
@@ -334,6 +340,27 @@ class ClassRetrievalEvaluator(Evaluator):
         self.labels = tuple(getattr(datamodule, "class_retrieval_labels", None) or ())
         self.metric = ClassRetrieval().to(self.device)
         self.side = options.get("modality", module.modalities[0])
+        self.subsets = {
+            name: self._label_ids(datamodule, members)
+            for name, members in (options.get("subsets") or {}).items()
+        }
+        self.subset_metrics = {name: ClassRetrieval().to(self.device) for name in self.subsets}
+
+    @staticmethod
+    def _label_ids(datamodule: Any, members: dict[str, list[str]]) -> dict[str, Tensor]:
+        """Label -> the ids of the listed class names (the data's ``class_names``)."""
+        names = dict(getattr(datamodule, "class_names", None) or {})
+        ids = {}
+        for label, wanted in members.items():
+            if label not in names:
+                raise ValueError(
+                    f"class_retrieval subsets: the data has no class names for {label!r}"
+                )
+            unknown = sorted(set(wanted) - set(names[label]))
+            if unknown:
+                raise ValueError(f"class_retrieval subsets: {label} has no classes {unknown}")
+            ids[label] = torch.tensor([names[label].index(n) for n in wanted])
+        return ids
 
     @classmethod
     def applies(cls, module: Any, datamodule: Any) -> bool:
@@ -344,12 +371,21 @@ class ClassRetrievalEvaluator(Evaluator):
         if not all(name in labels for name in self.labels):
             return
         classes = combined_class([labels[n] for n in self.labels], [1024] * len(self.labels))
-        self.metric.update(out["embeddings"][self.side], classes, out["item_id"])
+        embeddings, ids = out["embeddings"][self.side], out["item_id"]
+        self.metric.update(embeddings, classes, ids)
+        for name, members in self.subsets.items():
+            inside = torch.ones_like(classes, dtype=torch.bool)
+            for label, wanted in members.items():
+                inside &= torch.isin(labels[label], wanted.to(labels[label].device))
+            self.subset_metrics[name].update(embeddings[inside], classes[inside], ids[inside])
 
     def compute(self) -> dict[str, Tensor]:
         if not self.metric.update_count:
             return {}
-        return {f"class_retrieval/{k}": v for k, v in self.metric.compute().items()}
+        values = {f"class_retrieval/{k}": v for k, v in self.metric.compute().items()}
+        for name, metric in self.subset_metrics.items():
+            values |= {f"class_retrieval/{name}/{k}": v for k, v in metric.compute().items()}
+        return values
 
 
 @torch.no_grad()
