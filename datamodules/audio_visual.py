@@ -27,41 +27,37 @@ import modules.env  # noqa: F401  (first: environment for lightning's imports)
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from datamodules.config import SourceDataConfig
-from datamodules.embedded.talking import (
-    AUDIO_SCALE,
-    SPLITS,
-    VOCAB,
-    TalkingConfig,
-    ensure_talking,
-    load_split,
-)
-from datamodules.formats.lrs import MOUTH_BOX, decode_mouth_frames, read_lrs, speaker_ids
-from datamodules.media import MediaError, decode_audio, log_mel
+from datamodules.formats.lrs import MOUTH_BOX
+from datamodules.media import log_mel
 from datamodules.pairs import PairDataModule, PairDataset
-from datamodules.storage import Captions, FileCaptions, cache_root
+from datamodules.sources.audio_visual import (
+    UNKNOWN_WORD,
+    AudioVisualSource,
+    EmbeddedClips,
+    LrsClips,
+)
+from datamodules.storage import SPLITS
 from datamodules.transforms import ClipTransform
 from modules.registry import DATAMODULES
 from modules.words import split_words
 
-FORMATS = ("embedded", "lrs")
 DISTRACTORS = ("other", "same")
-UNKNOWN_WORD = "<unk>"
 
 
 @dataclass
 class AudioVisualDataConfig(SourceDataConfig):
     """Data block of an experiment. ``num_*`` shape the built-in data; ``root``, ``*_list``
     and ``*_clips`` locate an LRS-style dataset (e.g. LRS2: ``train_clips: main``, real clips
-    at ``fps: 25``, ``sample_rate: 16000``, ``win_length: 400``, ``hop_length: 160``)."""
+    at ``fps: 25``, ``sample_rate: 16000``, ``win_length: 400``, ``hop_length: 160``; the
+    formats: datamodules/sources/audio_visual.py)."""
 
-    formats: ClassVar[tuple[str, ...]] = FORMATS
+    family: ClassVar[str] = "audio_visual"
 
     name: str = "audio_visual"
     # list file per split, relative to root; None: "<split>.txt"
@@ -120,65 +116,6 @@ class AudioVisualDataConfig(SourceDataConfig):
     @property
     def audio_frames(self) -> int:
         return self.num_frames * self.samples_per_frame // self.hop_length
-
-    def list_file(self, split: str) -> Path:
-        return Path(self.root or "") / (getattr(self, f"{split}_list") or f"{split}.txt")
-
-    def clips_dir(self, split: str) -> Path:
-        return Path(self.root or "") / getattr(self, f"{split}_clips")
-
-
-@dataclass(frozen=True)
-class Clip:
-    """A decoded clip: frames ``uint8 [F, S, S, 1]``, the waveform from frame 0 on, and the
-    first frame of the sync window."""
-
-    frames: np.ndarray
-    wave: np.ndarray
-    start: int
-
-
-class EmbeddedClips:
-    """Clips of the built-in data, memory-mapped on first use; pickles as its paths."""
-
-    def __init__(self, directory: Path, split: str, margin: int) -> None:
-        self.directory, self.split, self.margin = directory, split, margin
-        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
-
-    def __call__(self, i: int) -> Clip:
-        if self._arrays is None:
-            self._arrays = (
-                np.load(self.directory / f"{self.split}_frames.npy", mmap_mode="r"),
-                np.load(self.directory / f"{self.split}_audio.npy", mmap_mode="r"),
-            )
-        frames, audio = self._arrays
-        wave = audio[i].astype(np.float32) / AUDIO_SCALE
-        return Clip(np.array(frames[i])[..., None], wave, self.margin)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_arrays": None}
-
-
-class LrsClips:
-    """Clips of an LRS list, decoded with PyAV; the sync window is the middle of the clip."""
-
-    def __init__(self, files: FileCaptions, cfg: AudioVisualDataConfig) -> None:
-        self.files, self.cfg = files, cfg
-
-    def __call__(self, i: int) -> Clip:
-        path, cfg = self.files.path(i), self.cfg
-        frames, rate = decode_mouth_frames(path, cfg.frame_size, tuple(cfg.mouth_box))
-        if abs(rate - cfg.fps) > 0.01 * cfg.fps:
-            raise MediaError(f"video file {path} has {rate:g} frames/s, expected fps {cfg.fps}")
-        needed = cfg.num_frames + 2 * cfg.max_shift
-        if len(frames) < needed:
-            raise MediaError(
-                f"video file {path} has {len(frames)} frames, fewer than num_frames + "
-                f"2 * max_shift = {needed}"
-            )
-        return Clip(
-            frames, decode_audio(path, cfg.sample_rate), (len(frames) - cfg.num_frames) // 2
-        )
 
 
 def _audio_window(wave: np.ndarray, start: int, length: int) -> np.ndarray:
@@ -299,24 +236,10 @@ class AudioVisualDataModule(PairDataModule):
     """Voice-mouth pairs; with no arguments, the built-in talking clips (generated on first
     use into the cache)."""
 
+    source: AudioVisualSource
+
     def __init__(self, cfg: AudioVisualDataConfig | None = None, tokenizer: Any = None) -> None:
-        cfg = cfg or AudioVisualDataConfig()
-        super().__init__(cfg, tokenizer)
-        self.talking: TalkingConfig | None = None
-        if cfg.format == "embedded":
-            self.talking = TalkingConfig(
-                num_train=cfg.num_train,
-                num_val=cfg.num_val,
-                num_test=cfg.num_test,
-                num_speakers=cfg.num_speakers,
-                sample_rate=cfg.sample_rate,
-                fps=cfg.fps,
-                window_frames=cfg.num_frames,
-                margin_frames=cfg.max_shift,
-                frame_size=cfg.frame_size,
-                seed=cfg.seed,
-            )
-        self._word_vocab: list[str] | None = list(VOCAB) if self.talking else None
+        super().__init__(cfg or AudioVisualDataConfig(), tokenizer)
 
     modalities = ("audio", "video")
 
@@ -340,53 +263,23 @@ class AudioVisualDataModule(PairDataModule):
     @property
     def word_vocab(self) -> list[str]:
         """Names of the ids in ``words``: the built-in vocabulary, or ``<unk>`` and the sorted
-        words of the LRS training transcripts (known after ``setup``)."""
-        if self._word_vocab is None:
-            raise RuntimeError("the word vocabulary is built from the train split in setup()")
-        return self._word_vocab
-
-    def prepare_data(self) -> None:
-        """Generate the built-in data once (Lightning calls this on one process per node)."""
-        if self.talking is not None:
-            ensure_talking(self.talking, cache_root(self.cfg.cache_dir))
-
-    def _needs_train_split(self) -> bool:
-        """The train split also defines the word vocabulary of real data."""
-        return self._word_vocab is None
+        words of the LRS training transcripts."""
+        return self.source.word_vocab()
 
     def describe(self) -> str:
         """One line for logs: source and loaded split sizes."""
-        if self.talking is not None:
-            source = f"embedded talking-{self.talking.key()}"
-        else:
-            source = f"{self.cfg.format} at {self.cfg.root}"
         sizes = ", ".join(f"{split} {len(ds)} clips" for split, ds in self.datasets.items())
-        return f"audio_visual ({source}): {sizes or 'not set up'}"
-
-    def _source(self, split: str) -> tuple[Captions, EmbeddedClips | LrsClips, np.ndarray]:
-        """Captions, clip loader and speaker ids of a split."""
-        if self.talking is not None:
-            directory = ensure_talking(self.talking, cache_root(self.cfg.cache_dir))
-            data = load_split(directory, split)
-            captions = Captions.from_lists([[data.transcript(i)] for i in range(len(data.speaker))])
-            return captions, EmbeddedClips(directory, split, self.cfg.max_shift), data.speaker
-        root = Path(self.cfg.root or "")
-        if not root.is_dir():
-            raise FileNotFoundError(f"data root {root} not found")
-        files = read_lrs(self.cfg.list_file(split), self.cfg.clips_dir(split))
-        if self._word_vocab is None:  # setup() reads the train split first
-            words = {w for text in files.captions.all_texts() for w in split_words(text)}
-            self._word_vocab = [UNKNOWN_WORD, *sorted(words)]
-        keys = [k.decode("utf-8") for k in files.keys]
-        return files.captions, LrsClips(files, self.cfg), speaker_ids(keys)
+        return f"audio_visual ({self.source.describe()}): {sizes or 'not set up'}"
 
     def _dataset(self, split: str) -> PairDataset:
         train = split == "train"
-        captions, clips, speaker = self._source(split)
+        vocab = self.word_vocab  # first: LRS reads (and checks) the train split for it
+        data = self.source.split(split)
+        captions, speaker = data.captions, data.speaker
         if self.cfg.distractor == "other" and len(np.unique(speaker)) < 2:
             raise ValueError(f"{split} split has one speaker; distractors need at least two")
-        words = word_ids(captions.all_texts(), self.word_vocab, self.cfg.max_words)
+        words = word_ids(captions.all_texts(), vocab, self.cfg.max_words)
         fixed = None if train else eval_draws(len(speaker), speaker, words, self.cfg, split)
         transform = ClipTransform(self.cfg.augment.train if train else self.cfg.augment.eval)
-        load = LoadTalking(clips, self.cfg, speaker, words, transform, fixed)
+        load = LoadTalking(data.clips, self.cfg, speaker, words, transform, fixed)
         return PairDataset(captions, load, {"speaker": speaker}, pairs="caption")

@@ -2,8 +2,9 @@
 encoder, the declared interface, and the loaders.
 
 A family (datamodules/pairs.py for items with captions, datamodules/items.py for items with any
-modalities, views, labels and targets) provides its datasets and collate; this class builds
-the loaders the same way for all of them:
+modalities, views, labels and targets) provides its datasets and collate from the splits of its
+source (looked up once in the registry of datamodules/sources by ``data.format``); this class
+builds the loaders the same way for all of them:
 
 - batch sizes are global: under DDP with W processes each rank loads ``batch_size / W`` rows
   of the same global batch (:class:`~datamodules.samplers.RankSlices`) and
@@ -28,13 +29,15 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Subset
 
 from datamodules.samplers import EvalShard, RankSlices, ResumableLoader
+from datamodules.sources import SOURCES
 from datamodules.storage import SPLITS, STAGE_SPLITS
 
 
 class SplitsDataModule(L.LightningDataModule):
     """Splits, tokenizer, loaders and the declared interface shared by every family.
 
-    A family sets ``modalities`` and implements ``_dataset(split)``, ``_collate_with(tokenizer)``,
+    A family sets ``modalities`` and implements ``_dataset(split)`` (from the splits of
+    ``self.source``, its registered source), ``_collate_with(tokenizer, train)``,
     ``tower_context()``, ``num_items(split)`` and ``training_texts()``, and overrides the
     declared properties that apply to it. ``_train_batches(split, dataset, generator)`` chooses
     the training batches (default: random global batches).
@@ -44,8 +47,8 @@ class SplitsDataModule(L.LightningDataModule):
     modalities: tuple[str, ...] = ()
 
     def __init__(self, cfg: Any, tokenizer: Any = None) -> None:
-        """``cfg``: the data block (a :class:`~datamodules.config.DataConfig`); ``tokenizer``:
-        the text encoder's (experiments build it from ``model.text``: see
+        """``cfg``: the data block (a :class:`~datamodules.config.SourceDataConfig`);
+        ``tokenizer``: the text encoder's (experiments build it from ``model.text``: see
         ``modules.towers.build_tokenizer``); None until set when the data has text."""
         super().__init__()
         if cfg.batch_size < 1 or cfg.eval_batch_size < 1 or cfg.num_workers < 0:
@@ -54,6 +57,7 @@ class SplitsDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = cfg.batch_size, cfg.eval_batch_size
         self.num_workers, self.seed = cfg.num_workers, cfg.seed
         self.tokenizer = tokenizer
+        self.source = SOURCES.build(cfg)
         self.datasets: dict[str, Dataset] = {}
 
     # -- declared interface --------------------------------------------------------------------
@@ -132,37 +136,35 @@ class SplitsDataModule(L.LightningDataModule):
             raise ValueError(f"{type(self).__name__} cannot draw training batches within groups")
 
     # -- splits --------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Make the source's data once, e.g. generate the built-in data into the cache
+        (Lightning calls this on one process per node)."""
+        self.source.prepare()
+
     def setup(self, stage: str | None = None) -> None:
         """Load the splits of ``stage`` (all for None), validating real manifests here in the
         main process."""
-        splits = list(STAGE_SPLITS.get(stage or "", SPLITS))
-        if self._needs_train_split() and "train" not in splits:
-            splits.insert(0, "train")
-        for split in splits:
+        for split in STAGE_SPLITS.get(stage or "", SPLITS):
             if split not in self.datasets:
                 self.datasets[split] = self._dataset(split)
-
-    def _needs_train_split(self) -> bool:
-        """Whether ``setup`` must read the train split whatever the stage."""
-        return False
 
     def _dataset(self, split: str) -> Dataset:
         """The dataset of one split (families)."""
         raise NotImplementedError
 
     # -- loaders -------------------------------------------------------------------------------
-    def _collate_with(self, tokenizer: Any) -> Callable[[list[dict]], dict[str, Any]]:
-        """The family's collate (families)."""
+    def _collate_with(self, tokenizer: Any, train: bool) -> Callable[[list[dict]], dict[str, Any]]:
+        """The family's collate of training (``train``) or evaluation batches (families)."""
         raise NotImplementedError
 
-    def _collate(self) -> Callable[[list[dict]], dict[str, Any]]:
+    def _collate(self, train: bool = False) -> Callable[[list[dict]], dict[str, Any]]:
         if self.needs_tokenizer and self.tokenizer is None:
             raise RuntimeError(
                 f"{type(self).__name__} has no tokenizer: the text encoder owns it; set "
                 "datamodule.tokenizer = modules.towers.build_tokenizer(model.text, "
                 "datamodule.training_texts(), max_len)"
             )
-        return self._collate_with(self.tokenizer)
+        return self._collate_with(self.tokenizer, train)
 
     def ordered_loader(self, split: str, indices: Sequence[int] | None = None) -> DataLoader:
         """Every sample of ``split`` (or those of ``indices``) in order on this process, not
@@ -210,7 +212,7 @@ class SplitsDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            collate_fn=self._collate(),
+            collate_fn=self._collate(train),
         )
         if not train:
             return self._eval_loader(dataset, **common)

@@ -1,7 +1,7 @@
 """The data block's fields that every family shares, and their checks, written once.
 
-A family's config subclasses :class:`DataConfig` (data with one source) or
-:class:`SourceDataConfig` (the built-in generator or a format on disk under ``root``) and adds
+A family's config subclasses :class:`SourceDataConfig` (the built-in generator or a format on
+disk under ``root``: the sources registered for its ``family``, datamodules/sources) and adds
 its own fields; it may change a shared field's default by declaring it again.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from datamodules.sources import SOURCES
 from datamodules.transforms import AugmentConfig
 
 
@@ -45,15 +46,20 @@ class DataConfig:
 @dataclass
 class SourceDataConfig(DataConfig):
     """Data that is the built-in generator (``format: embedded``) or a format on disk under
-    ``root``; ``formats`` lists the family's."""
+    ``root``: one of the sources registered for ``family`` (:meth:`formats`)."""
 
-    formats: ClassVar[tuple[str, ...]] = ("embedded",)
+    family: ClassVar[str] = ""
     format: str = "embedded"
     root: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.format not in self.formats:
-            raise ValueError(f"data.format must be one of {self.formats}, got {self.format!r}")
-        if self.format != "embedded" and not self.root:
+        source = SOURCES.get(self.family, self.format)
+        if source.needs_root and not self.root:
             raise ValueError(f"data.format {self.format!r} needs data.root")
+        source.check(self)
+
+    @classmethod
+    def formats(cls) -> tuple[str, ...]:
+        """The family's formats: its registered sources."""
+        return SOURCES.formats(cls.family)

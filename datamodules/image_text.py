@@ -8,53 +8,29 @@ data ``label/shape``, ``label/color``, ``label/count``; for data on disk the fie
 image per epoch (``train_pairs: image``) or uses every pair (``caption``); validation and test
 always iterate over every pair in order. Webdataset shards stream the training split (see
 datamodules/formats/webdataset.py).
-With ``languages: K > 1`` every caption also comes in K synthetic parallel languages
-(``text_ids_k`` / ``text_mask_k`` [B, K, L], image-major; see datamodules/languages.py).
+With ``languages: K > 1`` the collate's plug-in :class:`~datamodules.languages.ParallelLanguages`
+adds every caption in K synthetic parallel languages (``text_ids_k`` / ``text_mask_k``
+[B, K, L], image-major; see datamodules/languages.py).
 """
 
 from __future__ import annotations
 
 import modules.env  # noqa: F401  (first: environment for lightning's imports)
 
-import io
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from datamodules.config import SourceDataConfig
-from datamodules.embedded.shapes import (
-    COLORS,
-    COUNT_WORDS,
-    SHAPES,
-    ShapesConfig,
-    ensure_shapes,
-    load_split,
-    zero_shot_prompts,
-)
-from datamodules.formats import (
-    LabelColumn,
-    LabelReader,
-    ShardIndex,
-    ShardStream,
-    StreamLoader,
-    expand_shards,
-    read_coco,
-    read_jsonl,
-    scan_shards,
-)
-from datamodules.languages import SyntheticLanguages
-from datamodules.media import IMAGE_ERRORS, MediaError
+from datamodules.formats import ShardStream, StreamLoader
+from datamodules.languages import ParallelLanguages, SyntheticLanguages
 from datamodules.pairs import TRAIN_PAIRS, PairDataModule, PairDataset, TokenizeCollate
-from datamodules.storage import SPLITS, Captions, FileCaptions, MappedArray, cache_root
+from datamodules.sources.image_text import Images, ImageTextSource
 from datamodules.transforms import ImageTransform
 from modules.registry import DATAMODULES
 
-FORMATS = ("embedded", "jsonl", "coco", "webdataset")
 #: The first half of CLIP's CIFAR-10 prompt list (as in CLIP_benchmark's cifar10 templates).
 DEFAULT_PROMPT_TEMPLATES = (
     "a photo of a {c}.",
@@ -72,9 +48,10 @@ DEFAULT_PROMPT_TEMPLATES = (
 @dataclass
 class ImageTextDataConfig(SourceDataConfig):
     """Data block of an experiment. ``num_*`` and ``hard_negative_fraction`` shape the built-in
-    data; ``root``, ``*_manifest``, ``*_images`` and ``*_shards`` locate a real one."""
+    data; ``root``, ``*_manifest``, ``*_images`` and ``*_shards`` locate a real one (the
+    formats: datamodules/sources/image_text.py)."""
 
-    formats: ClassVar[tuple[str, ...]] = FORMATS
+    family: ClassVar[str] = "image_text"
 
     name: str = "image_text"
     # manifest per split, relative to root; None: "<split>.jsonl" or
@@ -119,19 +96,12 @@ class ImageTextDataConfig(SourceDataConfig):
             raise ValueError(f"data.train_pairs must be one of {TRAIN_PAIRS}")
         if self.sibling_batches and self.train_pairs != "image":
             raise ValueError("data.sibling_batches needs data.train_pairs: image")
-        if self.sibling_batches and self.format == "webdataset":
-            raise ValueError("data.sibling_batches needs a map-style format, not webdataset")
         if self.languages < 1:
             raise ValueError(f"data.languages must be at least 1, got {self.languages}")
         self._check_labels()
 
     def _check_labels(self) -> None:
         """Label fields, class names and prompt templates make sense together."""
-        if self.format == "embedded" and (self.label_fields is not None or self.class_names):
-            raise ValueError(
-                "data.label_fields / data.class_names are for data on disk; the built-in data "
-                "has its own labels"
-            )
         fields = self.labelled_fields()
         if len(set(fields)) != len(fields) or not all(isinstance(f, str) and f for f in fields):
             raise ValueError(f"data.label_fields must be distinct field names, got {fields}")
@@ -149,74 +119,11 @@ class ImageTextDataConfig(SourceDataConfig):
         """The label fields to read: ``label_fields``, or ``["label"]`` when unset."""
         return list(self.label_fields) if self.label_fields is not None else ["label"]
 
-    def manifest(self, split: str) -> Path:
-        name = getattr(self, f"{split}_manifest")
-        if name is None:
-            name = (
-                f"{split}.jsonl" if self.format == "jsonl" else f"annotations/captions_{split}.json"
-            )
-        return Path(self.root or "") / name
-
-    def image_dir(self, split: str) -> Path:
-        return Path(self.root or "") / getattr(self, f"{split}_images")
-
-    def has_split(self, split: str) -> bool:
-        """Whether a split of data on disk is there to read (its manifest or shards given)."""
-        if self.format == "webdataset":
-            return getattr(self, f"{split}_shards") is not None
-        return self.manifest(split).is_file()
-
-
-def _read_rgb(source: str | io.BytesIO, name: str, item: int, size: int) -> np.ndarray:
-    """An image file (path or bytes) as RGB resized to ``size`` x ``size`` (the whole picture
-    is kept rather than centre-cropped, so nothing a caption mentions is cut away)."""
-    try:
-        with Image.open(source) as image:
-            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file {name} (item {item}) not found") from None
-    except IMAGE_ERRORS as err:  # not an image, truncated, ...
-        raise MediaError(f"image file {name} (item {item}) could not be read: {err}") from None
-    return np.asarray(rgb)
-
-
-class FileImages:
-    """Image files read with PIL as RGB and resized to ``size`` x ``size``."""
-
-    def __init__(self, files: FileCaptions, size: int) -> None:
-        self.files, self.size = files, size
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        path = self.files.path(i)
-        return _read_rgb(path, path, i, self.size)
-
-
-class ShardImages:
-    """Images stored in webdataset shards, read by byte offset, as RGB ``size`` x ``size``."""
-
-    def __init__(self, index: ShardIndex, size: int) -> None:
-        self.index, self.size = index, size
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return _read_rgb(io.BytesIO(self.index.read(i)), self.index.member(i), i, self.size)
-
-
-@dataclass(frozen=True)
-class SplitSource:
-    """A split read from disk: captions, images and the label columns as read."""
-
-    captions: Captions
-    images: FileImages | ShardImages
-    labels: dict[str, LabelColumn]
-    shard_items: np.ndarray | None = None  # webdataset: items of shard s are [s]:[s + 1]
-
 
 class LoadImage:
     """Item id -> ``{"image": tensor}``: read, augment, convert."""
 
-    def __init__(
-        self, images: MappedArray | FileImages | ShardImages, transform: ImageTransform
-    ) -> None:
+    def __init__(self, images: Images, transform: ImageTransform) -> None:
         self.images, self.transform = images, transform
 
     def __call__(self, item: int) -> dict[str, torch.Tensor]:
@@ -228,22 +135,12 @@ class ImageTextDataModule(PairDataModule):
     """Image-caption pairs; with no arguments, the built-in shapes data (generated on first
     use into the cache)."""
 
+    source: ImageTextSource
+
     def __init__(self, cfg: ImageTextDataConfig | None = None, tokenizer: Any = None) -> None:
         cfg = cfg or ImageTextDataConfig()
         super().__init__(cfg, tokenizer)
         self.languages = SyntheticLanguages(cfg.languages)
-        self.shapes: ShapesConfig | None = None
-        if cfg.format == "embedded":
-            self.shapes = ShapesConfig(
-                num_train=cfg.num_train,
-                num_val=cfg.num_val,
-                num_test=cfg.num_test,
-                image_size=cfg.image_size,
-                hard_negative_fraction=cfg.hard_negative_fraction,
-                seed=cfg.seed,
-            )
-        self._sources: dict[str, SplitSource] = {}
-        self._classes: dict[str, list[str] | None] | None = None
 
     modalities = ("image", "text")
 
@@ -258,105 +155,55 @@ class ImageTextDataModule(PairDataModule):
     def class_retrieval_labels(self) -> tuple[str, ...]:
         """The built-in scenes' class: shape x colour of the main object; for data on disk,
         the combination of its label fields."""
-        if self.shapes is not None:
-            return ("shape", "color")
-        return tuple(self.label_classes())
+        return self.source.class_retrieval_labels()
 
     @property
     def zero_shot_tasks(self) -> dict[str, list[str]] | dict[str, list[list[str]]]:
         """The built-in data: one prompt per class. Data on disk: per label field with class
         names, per class (in id order) one prompt per ``prompt_templates`` entry; the
         evaluation averages the normalised prompt embeddings of a class (CLIP's ensemble)."""
-        if self.shapes is not None:
-            return zero_shot_prompts()
-        templates = self.cfg.prompt_templates
-        return {
-            field: [[template.replace("{c}", name) for template in templates] for name in names]
-            for field, names in self.label_classes().items()
-            if names is not None
-        }
+        return self.source.zero_shot_tasks()
 
     def label_classes(self) -> dict[str, list[str] | None]:
-        """Label field of the data on disk -> its class names in id order (None: integer class
-        ids without names, which serve class retrieval but not zero-shot).
-
-        Names are ``class_names.<field>``, else the sorted names found in every split on disk,
-        so a class has one id in train, val and test. With ``label_fields`` unset, ``label``
-        counts only where some entry has it; a named field that no entry has is an error.
-        """
-        if self._classes is None:
-            self._classes = self._find_classes() if self.shapes is None else {}
-        return self._classes
-
-    def _find_classes(self) -> dict[str, list[str] | None]:
-        """Reads the label columns of every split on disk unless every field's names are given."""
-        fields = self.cfg.labelled_fields()
-        named = all(f in self.cfg.class_names for f in fields)
-        splits = [] if named else [s for s in SPLITS if self.cfg.has_split(s)]
-        columns = {split: self._source(split).labels for split in splits}
-        classes: dict[str, list[str] | None] = {}
-        for f in fields:
-            if f in self.cfg.class_names:
-                classes[f] = list(self.cfg.class_names[f])
-                continue
-            found = {split: cols[f] for split, cols in columns.items() if cols[f].values}
-            if not found:
-                if self.cfg.label_fields is None:
-                    continue
-                raise ValueError(
-                    f"data.label_fields names {f!r}, but no entry of the {'/'.join(splits)} "
-                    f"data at {self.cfg.root} has it"
-                )
-            kinds = {split: col.names for split, col in found.items()}
-            if len(set(kinds.values())) > 1:
-                raise ValueError(
-                    f"label {f!r} holds class names in some splits and class ids in others: "
-                    + ", ".join(f"{s}: {'names' if k else 'ids'}" for s, k in kinds.items())
-                )
-            names = set().union(*(col.values for col in found.values()))
-            classes[f] = sorted(names) if next(iter(kinds.values())) else None
-        return classes
+        """Label field -> its class names in id order (None: integer class ids without names,
+        which serve class retrieval but not zero-shot); for data on disk see
+        :meth:`~datamodules.sources.image_text.DiskImageText.label_classes`."""
+        return self.source.label_classes()
 
     @property
     def class_names(self) -> dict[str, list[str]]:
         """The built-in scenes' labels (shape and colour of the main object, object count), or
         the named label fields of data on disk."""
-        if self.shapes is None:
-            return {f: names for f, names in self.label_classes().items() if names is not None}
-        return {"shape": list(SHAPES), "color": list(COLORS), "count": list(COUNT_WORDS)}
+        return self.source.class_names()
 
     def training_texts(self) -> list[str]:
         """As the base; with K > 1 languages, every language's version of them."""
         return self.languages.translate_all(super().training_texts())
 
-    def prepare_data(self) -> None:
-        """Generate the built-in data once (Lightning calls this on one process per node)."""
-        if self.shapes is not None:
-            ensure_shapes(self.shapes, cache_root(self.cfg.cache_dir))
-
     def describe(self) -> str:
         """One line for logs: source and loaded split sizes."""
-        if self.shapes is not None:
-            source = f"embedded shapes-{self.shapes.key()}"
-        else:
-            source = f"{self.cfg.format} at {self.cfg.root}"
         sizes = ", ".join(
             f"{split} {ds.captions.num_items} images / {len(ds.captions)} captions"
             for split, ds in self.datasets.items()
         )
-        return f"image_text ({source}): {sizes or 'not set up'}"
+        return f"image_text ({self.source.describe()}): {sizes or 'not set up'}"
+
+    def _collate_with(self, tokenizer: Any, train: bool) -> TokenizeCollate:
+        """With K > 1 languages, the samples' captions in every language first
+        (:class:`~datamodules.languages.ParallelLanguages`)."""
+        plugins = [ParallelLanguages(self.languages, train)] if self.languages.num > 1 else []
+        return TokenizeCollate(tokenizer, plugins)
 
     def train_dataloader(self) -> DataLoader:
-        """Webdataset: the training split streamed by shard (:class:`ShardStream`); otherwise
-        the base's global-batch loader."""
-        if self.cfg.format != "webdataset":
+        """Data streamed by shard (webdataset): the training split by shard
+        (:class:`ShardStream`); otherwise the base's global-batch loader."""
+        if "train" not in self.datasets or self.source.split("train").shard_items is None:
             return super().train_dataloader()
-        if "train" not in self.datasets or self.tokenizer is None:
+        if self.tokenizer is None:
             raise RuntimeError("split 'train' is not set up; call setup() first")
         if self._item_groups is not None:
             raise ValueError("batches drawn within item groups need a map-style data.format")
-        dataset = self.datasets["train"]
-        shard_samples = self._source("train").shard_items
+        dataset, shard_samples = self.datasets["train"], self.source.split("train").shard_items
         if dataset.pairs == "caption":
             shard_samples = dataset.captions.offsets[shard_samples]
         rank, world = self._rank_and_world()
@@ -376,7 +223,7 @@ class ImageTextDataModule(PairDataModule):
             consumed=self._batches_trained,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
-            collate_fn=TokenizeCollate(self.tokenizer),
+            collate_fn=self._collate_with(self.tokenizer, train=True),
             generator=torch.Generator().manual_seed(self.seed),
         )
 
@@ -385,57 +232,11 @@ class ImageTextDataModule(PairDataModule):
         trainer = getattr(self, "trainer", None)
         return None if trainer is None else trainer.current_epoch
 
-    def _source(self, split: str) -> SplitSource:
-        """A split of the data on disk, read (and checked) once."""
-        if split not in self._sources:
-            root = Path(self.cfg.root or "")
-            if not root.is_dir():
-                raise FileNotFoundError(f"data root {root} not found")
-            labels = LabelReader(self.cfg.labelled_fields())
-            size = self.cfg.image_size
-            if self.cfg.format == "webdataset":
-                pattern = getattr(self.cfg, f"{split}_shards")
-                if pattern is None:
-                    raise ValueError(f"data.format webdataset needs data.{split}_shards")
-                index = scan_shards(expand_shards(pattern, root, f"data.{split}_shards"), labels)
-                self._sources[split] = SplitSource(
-                    index.captions,
-                    ShardImages(index, size),
-                    labels.columns(range(index.captions.num_items)),
-                    index.shard_items,
-                )
-            else:
-                read = read_jsonl if self.cfg.format == "jsonl" else read_coco
-                files = read(self.cfg.manifest(split), self.cfg.image_dir(split), labels)
-                keys = [key.decode("utf-8") for key in files.keys]
-                self._sources[split] = SplitSource(
-                    files.captions, FileImages(files, size), labels.columns(keys)
-                )
-        return self._sources[split]
-
     def _dataset(self, split: str) -> PairDataset:
         train = split == "train"
         transform = ImageTransform(self.cfg.augment.train if train else self.cfg.augment.eval)
         pairs = self.cfg.train_pairs if train else "caption"
-        if self.shapes is not None:
-            directory = ensure_shapes(self.shapes, cache_root(self.cfg.cache_dir))
-            data = load_split(directory, split)
-            images: MappedArray | FileImages | ShardImages = MappedArray(
-                directory / f"{split}_images.npy"
-            )
-            captions, labels = Captions.from_lists(data.captions), data.labels
-            self._siblings[split] = data.sibling
-        else:
-            source = self._source(split)
-            images, captions = source.images, source.captions
-            labels = {
-                f: source.labels[f].ids(f, names) for f, names in self.label_classes().items()
-            }
-        return PairDataset(
-            captions,
-            LoadImage(images, transform),
-            labels,
-            pairs,
-            languages=self.languages,
-            random_language=train,
-        )
+        data = self.source.split(split)
+        self._siblings[split] = data.siblings
+        load = LoadImage(data.images, transform)
+        return PairDataset(data.captions, load, dict(data.labels), pairs)

@@ -1,13 +1,13 @@
 """Datamodules for items that are not a pair: any set of modalities, V augmented views of a
 modality, class labels and continuous targets.
 
-A family (shapes_views, shapes_sounds, shapes_sizes) hands over each split as an
-:class:`ItemSource` (the raw arrays of item ``i``, its captions, labels, targets) and says how
-the raw arrays become tensors; :class:`ItemDataset` makes one sample per item and
-:class:`ItemsDataModule` builds the loaders with the samplers of ``datamodules.base``, so
-batches behave as the pair datamodules' do: global batch sizes sliced over ranks
-(:class:`~datamodules.base.RankSlices`), evaluation sharded with
-:class:`~datamodules.base.EvalShard`, resumable training epochs, the last partial training
+A family's source (shapes_views, shapes_sounds, shapes_sizes: datamodules/sources/shapes.py)
+hands over each split as an :class:`ItemSplit` (the raw arrays of item ``i``, its captions,
+labels, targets); the family says how the raw arrays become tensors; :class:`ItemDataset`
+makes one sample per item and :class:`ItemsDataModule` builds the loaders with the samplers
+of ``datamodules.base``, so batches behave as the pair datamodules' do: global batch sizes
+sliced over ranks (:class:`~datamodules.samplers.RankSlices`), evaluation sharded with
+:class:`~datamodules.samplers.EvalShard`, resumable training epochs, the last partial training
 batch dropped, everything seeded.
 
 Batch keys: the modality keys (``image`` float32 [B, 3, S, S] in [-1, 1], ``audio`` float32
@@ -36,17 +36,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import SplitsDataModule
-from datamodules.config import DataConfig
+from datamodules.config import SourceDataConfig
 from datamodules.pairs import TokenizeCollate
 from datamodules.samplers import SeededBatches
-from datamodules.storage import BAD_FILE_ERRORS, SPLITS, Captions, MappedArray
+from datamodules.storage import BAD_FILE_ERRORS, Captions, MappedArray
 from datamodules.transforms import ImageTransform, to_tensor
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class ItemsDataConfig(DataConfig):
+class ItemsDataConfig(SourceDataConfig):
     """Fields every items family shares (the meaning of ImageTextDataConfig's same fields)."""
 
     name: str = "items"
@@ -114,7 +114,7 @@ class MappedItems:
 
 
 @dataclass(frozen=True)
-class ItemSource:
+class ItemSplit:
     """One split as a family hands it over: ``load(item)`` -> the item's raw arrays by
     modality (e.g. ``{"image": uint8 [H, W, 3]}``); ``captions`` (a text modality) with at
     least one caption per item; ``labels`` task -> int64 [N]; ``targets`` name -> float32 [N]."""
@@ -154,30 +154,30 @@ class ItemDataset(Dataset):
 
     def __init__(
         self,
-        source: ItemSource,
+        data: ItemSplit,
         transforms: Mapping[str, Transform],
         views: Mapping[str, Sequence[Transform]] | None = None,
         train: bool = False,
     ) -> None:
-        self.source, self.transforms, self.train = source, dict(transforms), train
+        self.data, self.transforms, self.train = data, dict(transforms), train
         self.views = {key: list(v) for key, v in (views or {}).items()}
 
     def __len__(self) -> int:
-        return self.source.num_items
+        return self.data.num_items
 
     def _load(self, item: int) -> tuple[int, dict[str, Any], list[Exception]]:
         """The raw arrays of ``item``, or of the next item that loads, and the errors met."""
         first, errors = item, []
         while True:
             try:
-                return item, self.source.load(item), errors
+                return item, self.data.load(item), errors
             except BAD_FILE_ERRORS as err:
                 errors.append(err)
-                if len(errors) >= min(self.max_attempts, self.source.num_items):
+                if len(errors) >= min(self.max_attempts, self.data.num_items):
                     errors[0].add_note(f"none of {len(errors)} items from item {first} on loaded")
                     raise errors[0] from None
                 log.warning("skipped item %d: %s", item, err)
-                item = (item + 1) % self.source.num_items
+                item = (item + 1) % self.data.num_items
 
     def __getitem__(self, k: int | tuple[int, int]) -> dict[str, Any]:
         item, seed = (int(k[0]), int(k[1])) if isinstance(k, tuple | list) else (int(k), None)
@@ -190,7 +190,7 @@ class ItemDataset(Dataset):
 
         item, raw, errors = self._load(item)
         sample: dict[str, Any] = {}
-        captions = self.source.captions
+        captions = self.data.captions
         if captions is not None:
             lo, hi = int(captions.offsets[item]), int(captions.offsets[item + 1])
             sample["text"] = captions.text(lo + (int(rng.integers(hi - lo)) if rng else 0))
@@ -200,21 +200,18 @@ class ItemDataset(Dataset):
             for v, transform in enumerate(views):
                 sample[f"{key}@{v}"] = transform(raw[key], draw())
         sample["index"] = sample["item_id"] = item
-        for task, ids in self.source.labels.items():
+        for task, ids in self.data.labels.items():
             sample[f"label/{task}"] = int(ids[item])
-        for name, values in self.source.targets.items():
+        for name, values in self.data.targets.items():
             sample[f"target/{name}"] = torch.tensor(float(values[item]), dtype=torch.float32)
         sample["skipped"] = [str(err) for err in errors]
         return sample
 
 
 class ItemCollate(TokenizeCollate):
-    """:class:`~datamodules.base.TokenizeCollate` for items: tensors stacked (targets to
+    """:class:`~datamodules.pairs.TokenizeCollate` for items: tensors stacked (targets to
     float32 [B]), ints to long, ``text`` tokenized; the tokenizer may be None when the data
     has no text."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
 
     def __call__(self, samples: list[dict]) -> dict[str, Any]:
         if self.tokenizer is None and "text" in samples[0]:
@@ -227,9 +224,9 @@ class ItemsDataModule(SplitsDataModule):
 
     A family sets ``name``, ``modalities`` and ``pairs``, overrides the declared properties
     that apply (``views``, ``labels``, ``targets``, ``zero_shot_tasks``,
-    ``class_retrieval_labels``) and implements ``tower_context``, ``source_name``,
-    ``_source(split)`` (the split's :class:`ItemSource`), ``_transforms(train)`` (raw ->
-    tensor per batch key) and, with views, ``_view_transforms()``.
+    ``class_retrieval_labels``) and implements ``tower_context``, ``_transforms(train)`` (raw
+    -> tensor per batch key) and, with views, ``_view_transforms()``; its registered source
+    (datamodules/sources) hands over the splits.
 
     Batch sizes are global and the trainer must not replace the samplers
     (``use_distributed_sampler=False``), as for ``PairDataModule``.
@@ -246,23 +243,15 @@ class ItemsDataModule(SplitsDataModule):
         text encoder's (data with a text modality)."""
         super().__init__(cfg, tokenizer)
         self._probes: dict[str, ItemDataset] = {}
-        self._sources: dict[str, ItemSource] = {}
 
     # -- declared interface --------------------------------------------------------------------
     def train_targets(self, name: str) -> np.ndarray:
         """float32 [N]: the training split's values of ``target/<name>`` (for shot regions)."""
         if name not in self.targets:
             raise KeyError(f"no target {name!r}; the data has {self.targets}")
-        return np.asarray(self.source("train").targets[name], dtype=np.float32)
+        return np.asarray(self.source.split("train").targets[name], dtype=np.float32)
 
     # -- family hooks --------------------------------------------------------------------------
-    def source_name(self) -> str:
-        """Where the data comes from, for :meth:`describe`."""
-        raise NotImplementedError
-
-    def _source(self, split: str) -> ItemSource:
-        raise NotImplementedError
-
     def _transforms(self, train: bool) -> dict[str, Transform]:
         raise NotImplementedError
 
@@ -270,21 +259,13 @@ class ItemsDataModule(SplitsDataModule):
         return {}
 
     # -- splits --------------------------------------------------------------------------------
-    def source(self, split: str) -> ItemSource:
-        """The :class:`ItemSource` of ``split`` (read once)."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if split not in self._sources:
-            self._sources[split] = self._source(split)
-        return self._sources[split]
-
     def num_items(self, split: str) -> int:
-        return self.source(split).num_items
+        return self.source.split(split).num_items
 
     def training_texts(self) -> list[str]:
         """Every training caption: what a word-level tokenizer learns its vocabulary from (the
         tokenizer belongs to the text encoder: ``modules.towers.build_tokenizer``)."""
-        captions = self.source("train").captions
+        captions = self.source.split("train").captions
         if captions is None:
             raise RuntimeError(f"{self.name} has no captions")
         return captions.all_texts()
@@ -294,16 +275,16 @@ class ItemsDataModule(SplitsDataModule):
         ``train=False`` as evaluation does."""
         train = split == "train" if train is None else train
         views = self._view_transforms() if train else {}
-        return ItemDataset(self.source(split), self._transforms(train), views, train)
+        return ItemDataset(self.source.split(split), self._transforms(train), views, train)
 
     def describe(self) -> str:
         """One line for logs: source, loaded split sizes and training views."""
         sizes = ", ".join(f"{split} {len(ds)} items" for split, ds in self.datasets.items())
         views = "".join(f"; {key} x{v} views" for key, v in self.views.items())
-        return f"{self.name} ({self.source_name()}): {sizes or 'not set up'}{views}"
+        return f"{self.name} ({self.source.describe()}): {sizes or 'not set up'}{views}"
 
     # -- loaders -------------------------------------------------------------------------------
-    def _collate_with(self, tokenizer: Any) -> ItemCollate:
+    def _collate_with(self, tokenizer: Any, train: bool) -> ItemCollate:
         return ItemCollate(tokenizer)
 
     def _train_batches(

@@ -14,11 +14,16 @@ The map is injective across languages: the digits after a token's last ``q`` nam
 so a word never has the same token in two languages and two words never share one in a language.
 The tokenizer learns the words of all K languages (``translate_all`` of the training captions),
 so the text tower sees K disjoint vocabularies with the same meaning: only training can tie them.
+
+:class:`ParallelLanguages` is the collate plug-in (``TokenizeCollate(tokenizer, plugins)``)
+that puts the K languages into a batch, so the shared dataset knows nothing of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+import torch
 
 from modules.words import split_words
 
@@ -65,3 +70,22 @@ class SyntheticLanguages:
         if clash:
             raise ValueError(f"caption words {clash[:5]} collide with synthetic language tokens")
         return [t for text in texts for t in self.parallel(text)]
+
+
+class ParallelLanguages:
+    """Collate plug-in: each sample also gets ``text_k``, its ``text`` in every language
+    (language 0 first; batched as ``text_ids_k`` / ``text_mask_k`` [B, K, L]). In ``train``
+    batches ``text`` becomes one language drawn per sample from torch's RNG (seeded per worker
+    and epoch by the DataLoader), so a 1-to-1 method sees every language; evaluation keeps
+    language 0, the original."""
+
+    def __init__(self, languages: SyntheticLanguages, train: bool) -> None:
+        self.languages, self.train = languages, train
+
+    def __call__(self, samples: list[dict]) -> list[dict]:
+        out = []
+        for sample in samples:
+            texts = self.languages.parallel(sample["text"])
+            text = texts[int(torch.randint(len(texts), ()).item())] if self.train else texts[0]
+            out.append({**sample, "text": text, "text_k": texts})
+        return out

@@ -20,38 +20,23 @@ from __future__ import annotations
 import modules.env  # noqa: F401  (first: environment for lightning's imports)
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
-from PIL import Image
 
 from datamodules.config import SourceDataConfig
-from datamodules.embedded.chest import (
-    FINDINGS,
-    MAX_REGIONS,
-    ChestConfig,
-    ChestSplit,
-    ensure_chest,
-    load_split,
-)
-from datamodules.formats.iu_xray import read_iu_xray
-from datamodules.formats.mimic_cxr import read_mimic_cxr
 from datamodules.formats.reports import (
     PREAMBLE,
     SECTION_ALIASES,
-    ReportStudies,
     parse_report,
     select_sections,
 )
-from datamodules.media import IMAGE_ERRORS, MediaError
 from datamodules.pairs import PairDataModule, PairDataset
-from datamodules.storage import Captions, MappedArray, cache_root
+from datamodules.sources.medical_report import FileViews, MedicalReportSource, ViewTable
+from datamodules.storage import Captions, MappedArray
 from datamodules.transforms import ImageTransform
 from modules.registry import DATAMODULES
 
-FORMATS = ("embedded", "mimic_cxr", "iu_xray")
 TRAIN_VIEWS = ("random", "first")
 SECTIONS = (*sorted(set(SECTION_ALIASES.values())), PREAMBLE)
 #: Finding -> (negative prompt, positive prompt), in the reports' words.
@@ -67,9 +52,10 @@ BINARY_PROMPTS = {
 @dataclass
 class MedicalReportDataConfig(SourceDataConfig):
     """Data block of an experiment. ``num_*``, ``normal_fraction`` and ``lateral_fraction``
-    shape the built-in data; ``root`` and the file names locate a real one."""
+    shape the built-in data; ``root`` and the file names locate a real one (the formats:
+    datamodules/sources/medical_report.py)."""
 
-    formats: ClassVar[tuple[str, ...]] = FORMATS
+    family: ClassVar[str] = "medical_report"
 
     name: str = "medical_report"
     # MIMIC-CXR, relative to root (split and chexpert files are optional; .csv.gz accepted)
@@ -95,51 +81,6 @@ class MedicalReportDataConfig(SourceDataConfig):
         unknown = [s for s in self.sections if s not in SECTIONS]
         if not self.sections or unknown:
             raise ValueError(f"data.sections must be a non-empty list from {SECTIONS}")
-
-
-class FileViews:
-    """Image files read as grayscale and resized to ``size`` x ``size``."""
-
-    def __init__(self, studies: ReportStudies, size: int) -> None:
-        self.studies, self.size = studies, size
-
-    def __getitem__(self, v: int) -> np.ndarray:
-        path = self.studies.path(v)
-        try:
-            with Image.open(path) as image:
-                gray = image.convert("L").resize((self.size, self.size), Image.Resampling.BILINEAR)
-        except IMAGE_ERRORS as err:
-            raise MediaError(f"image file {path} could not be read: {err}") from None
-        return np.asarray(gray)[..., None]
-
-
-@dataclass(frozen=True)
-class ViewTable:
-    """Per view of a split: its kind (0 frontal, 1 other) and its finding boxes, padded to
-    ``K`` = :data:`MAX_REGIONS` with -1; study ``i`` has views ``offsets[i]:offsets[i + 1]``."""
-
-    offsets: np.ndarray  # int64 [N + 1]
-    kind: np.ndarray  # int8 [V]
-    boxes: np.ndarray  # float32 [V, K, 4]
-    finding: np.ndarray  # int64 [V, K]
-
-    @classmethod
-    def empty(cls, offsets: np.ndarray, kind: np.ndarray) -> ViewTable:
-        n = len(kind)
-        boxes = np.full((n, MAX_REGIONS, 4), -1, np.float32)
-        return cls(offsets, kind, boxes, np.full((n, MAX_REGIONS), -1, np.int64))
-
-    @classmethod
-    def from_chest(cls, data: ChestSplit) -> ViewTable:
-        table = cls.empty(data.view_offsets, data.view_kind)
-        slot = np.zeros(len(data.view_kind), np.int64)
-        for image, finding, box in zip(
-            data.region_image, data.region_finding, data.region_box, strict=True
-        ):
-            table.boxes[image, slot[image]] = box
-            table.finding[image, slot[image]] = finding
-            slot[image] += 1
-        return table
 
 
 class LoadStudy:
@@ -172,22 +113,10 @@ class MedicalReportDataModule(PairDataModule):
     """Chest radiograph studies and their reports; with no arguments, the built-in chest data
     (generated on first use into the cache)."""
 
+    source: MedicalReportSource
+
     def __init__(self, cfg: MedicalReportDataConfig | None = None, tokenizer: Any = None) -> None:
-        cfg = cfg or MedicalReportDataConfig()
-        super().__init__(cfg, tokenizer)
-        self.chest: ChestConfig | None = None
-        if cfg.format == "embedded":
-            self.chest = ChestConfig(
-                num_train=cfg.num_train,
-                num_val=cfg.num_val,
-                num_test=cfg.num_test,
-                image_size=cfg.image_size,
-                normal_fraction=cfg.normal_fraction,
-                lateral_fraction=cfg.lateral_fraction,
-                seed=cfg.seed,
-            )
-        self._regions: dict[str, dict[str, Any]] = {}
-        self._labelled = cfg.format != "iu_xray"
+        super().__init__(cfg or MedicalReportDataConfig(), tokenizer)
 
     modalities = ("image", "text")
 
@@ -201,12 +130,7 @@ class MedicalReportDataModule(PairDataModule):
     @property
     def zero_shot_binary_tasks(self) -> dict[str, tuple[str, str]]:
         """One yes/no task per finding where the source has labels (not IU-Xray)."""
-        return dict(BINARY_PROMPTS) if self._labelled else {}
-
-    def prepare_data(self) -> None:
-        """Generate the built-in data once (Lightning calls this on one process per node)."""
-        if self.chest is not None:
-            ensure_chest(self.chest, cache_root(self.cfg.cache_dir))
+        return dict(BINARY_PROMPTS) if self.source.labelled else {}
 
     def regions(self, split: str) -> dict[str, Any]:
         """Ground-truth regions of a loaded split, for grounding: arrays ``item_id`` (study),
@@ -215,85 +139,28 @@ class MedicalReportDataModule(PairDataModule):
         Empty for real data."""
         if split not in self.datasets:
             raise RuntimeError(f"split {split!r} is not set up; call setup() first")
-        return self._regions[split]
+        return self.source.split(split).regions
 
     def describe(self) -> str:
         """One line for logs: source and loaded split sizes."""
-        if self.chest is not None:
-            source = f"embedded chest-{self.chest.key()}"
-        else:
-            source = f"{self.cfg.format} at {self.cfg.root}"
         sizes = ", ".join(
             f"{split} {ds.captions.num_items} studies / {len(ds.load.views.kind)} images"
             for split, ds in self.datasets.items()
         )
-        return f"medical_report ({source}): {sizes or 'not set up'}"
+        return f"medical_report ({self.source.describe()}): {sizes or 'not set up'}"
 
     def _dataset(self, split: str) -> PairDataset:
         train = split == "train"
         transform = ImageTransform(self.cfg.augment.train if train else self.cfg.augment.eval)
-        if self.chest is not None:
-            directory = ensure_chest(self.chest, cache_root(self.cfg.cache_dir))
-            data = load_split(directory, split)
-            images: MappedArray | FileViews = MappedArray(
-                directory / f"{split}_images.npy", add_channel=True
-            )
-            views = ViewTable.from_chest(data)
-            reports = [data.report(i) for i in range(data.num_studies)]
-            keys = [str(i) for i in range(data.num_studies)]
-            labels = {name: data.labels[:, k].astype(np.int64) for k, name in enumerate(FINDINGS)}
-            self._regions[split] = _chest_regions(data)
-        else:
-            studies = self._read(split)
-            images = FileViews(studies, self.cfg.image_size)
-            views = ViewTable.empty(studies.offsets, studies.views)
-            reports = [studies.report(i) for i in range(studies.num_studies)]
-            keys = [k.decode("utf-8") for k in studies.keys]
-            unknown = np.full(studies.num_studies, -1, np.int64)
-            labels = {name: studies.labels.get(name, unknown) for name in FINDINGS}
-            self._regions[split] = _chest_regions(None)
-        texts = [select_sections(parse_report(r), self.cfg.sections) for r in reports]
-        for key, text in zip(keys, texts, strict=True):
+        data = self.source.split(split)
+        texts = [select_sections(parse_report(r), self.cfg.sections) for r in data.reports]
+        for key, text in zip(data.keys, texts, strict=True):
             if not text:
                 raise ValueError(
                     f"{self.cfg.format} {split} study {key}: the report has no text "
                     f"in sections {self.cfg.sections} (nor findings, impression or preamble)"
                 )
         random_view = train and self.cfg.train_views == "random"
-        load = LoadStudy(images, views, transform, random_view)
-        return PairDataset(Captions.from_lists([[t] for t in texts]), load, labels, "caption")
-
-    def _read(self, split: str) -> ReportStudies:
-        root = Path(self.cfg.root or "")
-        if not root.is_dir():
-            raise FileNotFoundError(f"data root {root} not found")
-        if self.cfg.format == "mimic_cxr":
-            return read_mimic_cxr(
-                root,
-                split,
-                metadata=self.cfg.metadata_file,
-                split_file=self.cfg.split_file,
-                chexpert=self.cfg.chexpert_file,
-                files=self.cfg.files_dir,
-            )
-        return read_iu_xray(root / self.cfg.annotation_file, root / self.cfg.images_dir, split)
-
-
-def _chest_regions(data: ChestSplit | None) -> dict[str, Any]:
-    """The region arrays of :meth:`MedicalReportDataModule.regions` (empty without data)."""
-    if data is None:
-        return {
-            "item_id": np.zeros(0, np.int64),
-            "view": np.zeros(0, np.int64),
-            "finding": np.zeros(0, np.int64),
-            "box": np.zeros((0, 4), np.float32),
-            "phrase": [],
-        }
-    study = np.searchsorted(data.view_offsets, data.region_image, side="right") - 1
-    return {
-        "item_id": study.astype(np.int64),
-        "view": data.view_kind[data.region_image].astype(np.int64),
-        "finding": data.region_finding.astype(np.int64),
-        "box": data.region_box,
-        "phrase": [p.decode("utf-8") for p in data.region_phrase],
-    }
+        load = LoadStudy(data.images, data.views, transform, random_view)
+        captions = Captions.from_lists([[t] for t in texts])
+        return PairDataset(captions, load, dict(data.labels), "caption")

@@ -2,8 +2,9 @@
 families' dataset, collate and datamodule.
 
 :class:`PairDataset` turns items and captions into samples; :class:`TokenizeCollate` stacks
-samples and tokenizes the text; :class:`PairDataModule` is the shared datamodule of the
-image-text, video-text, audio-visual and medical-report families.
+samples and tokenizes the text, after its plug-ins (e.g. the K parallel languages of
+datamodules/languages.py) rewrite the samples; :class:`PairDataModule` is the shared datamodule
+of the image-text, video-text, audio-visual and medical-report families.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import modules.env  # noqa: F401  (first: environment for lightning's imports)
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,6 @@ import torch
 from torch.utils.data import BatchSampler, Dataset
 
 from datamodules.base import SplitsDataModule
-from datamodules.languages import SyntheticLanguages
 from datamodules.samplers import GroupBatches, SiblingShuffle
 from datamodules.storage import BAD_FILE_ERRORS, Captions
 
@@ -43,11 +43,6 @@ class PairDataset(Dataset):
     size (contrastive losses under DDP gather equal batches). ``skipped`` lists the errors, each
     naming its file; callbacks.data_health counts them. In evaluation the replacement repeats
     a sample ``index`` that the metrics already drop as a duplicate.
-
-    ``languages`` (K > 1 synthetic languages, datamodules/languages.py): a sample also has
-    ``text_k``, its caption in all K languages (language 0 first); ``text`` stays language 0,
-    or with ``random_language`` (training) is one language drawn afresh from torch's RNG, so a
-    1-to-1 method sees every language.
     """
 
     #: Items tried for one sample before the requested item's error is raised.
@@ -60,15 +55,11 @@ class PairDataset(Dataset):
         labels: dict[str, np.ndarray] | None = None,
         pairs: str = "caption",
         id_key: str = "item_id",
-        languages: SyntheticLanguages | None = None,
-        random_language: bool = False,
     ) -> None:
         if pairs not in TRAIN_PAIRS:
             raise ValueError(f"pairs must be one of {TRAIN_PAIRS}, got {pairs!r}")
         self.captions, self.load, self.pairs, self.id_key = captions, load, pairs, id_key
         self.labels = labels or {}
-        self.languages = languages if languages is not None and languages.num > 1 else None
-        self.random_language = random_language
 
     def __len__(self) -> int:
         return len(self.captions) if self.pairs == "caption" else self.captions.num_items
@@ -99,28 +90,30 @@ class PairDataset(Dataset):
                 item = (item + 1) % self.captions.num_items
                 caption = self._caption_of(item)
         sample.update(text=self.captions.text(caption), index=caption, **{self.id_key: item})
-        if self.languages is not None:
-            sample["text_k"] = self.languages.parallel(sample["text"])
-            if self.random_language:
-                language = int(torch.randint(self.languages.num, ()).item())
-                sample["text"] = sample["text_k"][language]
         for task, ids in self.labels.items():
             sample[f"label/{task}"] = int(ids[item])
         sample["skipped"] = [str(err) for err in errors]
         return sample
 
 
-class TokenizeCollate:
-    """Stacks tensors, turns ints into a long tensor, tokenizes ``text`` into ``text_ids`` and
-    ``text_mask`` (the K parallel captions ``text_k`` into ``text_ids_k`` / ``text_mask_k``
-    ``[B, K, L]``, padded together), and joins the samples' ``skipped`` lists into one list of
-    strings (empty when every file loaded; a list, so batch transfer and micro-batch splitting
-    leave it be)."""
+#: A collate plug-in: the samples of a batch -> the samples to collate (new dicts; e.g. with
+#: more text), for batching that a method asks for without a field of the shared dataset.
+SamplesPlugin = Callable[[list[dict]], list[dict]]
 
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
+
+class TokenizeCollate:
+    """Runs its ``plugins`` over the samples in order, then stacks tensors, turns ints into a
+    long tensor, tokenizes ``text`` into ``text_ids`` and ``text_mask`` (K parallel captions
+    ``text_k`` into ``text_ids_k`` / ``text_mask_k`` ``[B, K, L]``, padded together), and joins
+    the samples' ``skipped`` lists into one list of strings (empty when every file loaded; a
+    list, so batch transfer and micro-batch splitting leave it be)."""
+
+    def __init__(self, tokenizer: Any, plugins: Sequence[SamplesPlugin] = ()) -> None:
+        self.tokenizer, self.plugins = tokenizer, tuple(plugins)
 
     def __call__(self, samples: list[dict]) -> dict[str, Any]:
+        for plugin in self.plugins:
+            samples = plugin(samples)
         batch: dict[str, Any] = {}
         for key in samples[0]:
             values = [s[key] for s in samples]
@@ -187,7 +180,7 @@ class PairDataModule(SplitsDataModule):
                 raise ValueError(f"{len(item_groups)} item groups for {num_items} train items")
         self._item_groups = item_groups
 
-    def _collate_with(self, tokenizer: Any) -> TokenizeCollate:
+    def _collate_with(self, tokenizer: Any, train: bool) -> TokenizeCollate:
         return TokenizeCollate(tokenizer)
 
     def _train_batches(

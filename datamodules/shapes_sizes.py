@@ -19,21 +19,19 @@ from __future__ import annotations
 import modules.env  # noqa: F401  (first: environment for lightning's imports)
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from datamodules.embedded.shape_sizes import MARGIN, SizesConfig, ensure_sizes, load_record
+from datamodules.embedded.shape_sizes import MARGIN, SizesConfig
 from datamodules.embedded.shapes import COLORS, SHAPES
 from datamodules.items import (
     ItemsDataConfig,
     ItemsDataModule,
-    ItemSource,
-    MappedItems,
     SeededImageTransform,
     Transform,
     steps_per_view,
 )
 from datamodules.shapes_views import KEEP_HUE_JITTER
-from datamodules.storage import MappedArray, cache_root
+from datamodules.sources import shapes as _sources  # noqa: F401  (registers the source)
 from modules.registry import DATAMODULES
 
 
@@ -54,6 +52,8 @@ class ShapesSizesDataConfig(ItemsDataConfig):
     """Sizes in ``[size_min, size_max)`` pixels; ``train_distribution``: ``long_tail`` (the
     imbalanced benchmark) or ``balanced`` (a control). ``view_augment``: one step list for
     every view or one per view; keep out anything that rescales."""
+
+    family: ClassVar[str] = "shapes_sizes"
 
     name: str = "shapes_sizes"
     size_min: float = 6.0
@@ -94,7 +94,6 @@ class ShapesSizesDataModule(ItemsDataModule):
     def __init__(self, cfg: ShapesSizesDataConfig | None = None, tokenizer: Any = None) -> None:
         cfg = cfg or ShapesSizesDataConfig()
         super().__init__(cfg, tokenizer)
-        self.generator = cfg.sizes()
         self.view_steps = steps_per_view(cfg.view_augment, cfg.views, "data.view_augment")
 
     @property
@@ -111,24 +110,6 @@ class ShapesSizesDataModule(ItemsDataModule):
 
     def tower_context(self) -> dict[str, Any]:
         return {"image_size": self.cfg.image_size, "in_channels": 3}
-
-    def source_name(self) -> str:
-        return f"embedded shape-sizes-{self.generator.key()}"
-
-    def prepare_data(self) -> None:
-        """Generate the data once (Lightning calls this on one process per node)."""
-        ensure_sizes(self.generator, cache_root(self.cfg.cache_dir))
-
-    def _source(self, split: str) -> ItemSource:
-        directory = ensure_sizes(self.generator, cache_root(self.cfg.cache_dir))
-        record = load_record(directory, split)
-        images = MappedArray(directory / f"{split}_images.npy")
-        return ItemSource(
-            len(record["size"]),
-            MappedItems({"image": images}),
-            labels={"shape": record["shape"], "color": record["color"]},
-            targets={"size": record["size"]},
-        )
 
     def _transforms(self, train: bool) -> dict[str, Transform]:
         steps = self.cfg.augment.train if train else self.cfg.augment.eval

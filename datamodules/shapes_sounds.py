@@ -20,22 +20,19 @@ from __future__ import annotations
 import modules.env  # noqa: F401  (first: environment for lightning's imports)
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from datamodules.embedded.shape_sounds import SoundsConfig, ensure_sounds
-from datamodules.embedded.shapes import ensure_shapes, load_split, zero_shot_prompts
+from datamodules.embedded.shape_sounds import SoundsConfig
+from datamodules.embedded.shapes import zero_shot_prompts
 from datamodules.items import (
     ItemsDataConfig,
     ItemsDataModule,
-    ItemSource,
-    MappedItems,
     SeededImageTransform,
     Transform,
     as_float,
 )
-from datamodules.shapes_views import SHAPES_LABELS, scenes_of
-from datamodules.storage import Captions, MappedArray, cache_root
+from datamodules.shapes_views import SHAPES_LABELS
+from datamodules.sources.shapes import scenes_of
 from modules.registry import DATAMODULES
 
 
@@ -43,6 +40,8 @@ from modules.registry import DATAMODULES
 class ShapesSoundsDataConfig(ItemsDataConfig):
     """The scenes' fields, the text length and the log-mel parameters (the audio lasts
     ``win_length + (audio_frames - 1) * hop_length`` samples, at least 0.8 s)."""
+
+    family: ClassVar[str] = "shapes_sounds"
 
     name: str = "shapes_sounds"
     hard_negative_fraction: float = 0.25
@@ -78,10 +77,7 @@ class ShapesSoundsDataModule(ItemsDataModule):
     pairs = (("image", "audio"), ("image", "text"), ("audio", "text"))
 
     def __init__(self, cfg: ShapesSoundsDataConfig | None = None, tokenizer: Any = None) -> None:
-        cfg = cfg or ShapesSoundsDataConfig()
-        super().__init__(cfg, tokenizer)
-        self.sounds = cfg.sounds()
-        self.scenes = self.sounds.scenes
+        super().__init__(cfg or ShapesSoundsDataConfig(), tokenizer)
 
     @property
     def labels(self) -> dict[str, int]:
@@ -103,33 +99,6 @@ class ShapesSoundsDataModule(ItemsDataModule):
             "audio_frames": self.cfg.audio_frames,
             "max_text_len": self.cfg.max_text_len,
         }
-
-    def source_name(self) -> str:
-        return f"embedded shapes-{self.scenes.key()} + shape-sounds-{self.sounds.key()}"
-
-    def prepare_data(self) -> None:
-        """Generate scenes and sounds once (Lightning calls this on one process per node)."""
-        self._directories()
-
-    def _directories(self) -> tuple[Path, Path]:
-        """The cache directories of the scenes and of their sounds (generated if absent)."""
-        root = cache_root(self.cfg.cache_dir)
-        scenes = ensure_shapes(self.scenes, root)
-        return scenes, ensure_sounds(self.sounds, root, scenes)
-
-    def _source(self, split: str) -> ItemSource:
-        scenes, sounds = self._directories()
-        data = load_split(scenes, split)
-        arrays = {
-            "image": MappedArray(scenes / f"{split}_images.npy"),
-            "audio": MappedArray(sounds / f"{split}_audio.npy"),
-        }
-        return ItemSource(
-            len(data.captions),
-            MappedItems(arrays),
-            captions=Captions.from_lists(data.captions),
-            labels=data.labels,
-        )
 
     def _transforms(self, train: bool) -> dict[str, Transform]:
         steps = self.cfg.augment.train if train else self.cfg.augment.eval

@@ -23,26 +23,17 @@ from __future__ import annotations
 import modules.env  # noqa: F401  (first: environment for lightning's imports)
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from datamodules.embedded.shapes import (
-    COLORS,
-    COUNT_WORDS,
-    SHAPES,
-    ShapesConfig,
-    ensure_shapes,
-    load_split,
-)
+from datamodules.embedded.shapes import COLORS, COUNT_WORDS, SHAPES
 from datamodules.items import (
     ItemsDataConfig,
     ItemsDataModule,
-    ItemSource,
-    MappedItems,
     SeededImageTransform,
     Transform,
     steps_per_view,
 )
-from datamodules.storage import MappedArray, cache_root
+from datamodules.sources.shapes import scenes_of
 from modules.registry import DATAMODULES
 
 SHAPES_LABELS = {"shape": len(SHAPES), "color": len(COLORS), "count": len(COUNT_WORDS)}
@@ -76,25 +67,14 @@ def small_crops(size: int) -> list[dict[str, Any]]:
     ]
 
 
-def scenes_of(cfg: Any) -> ShapesConfig:
-    """The shapes scenes of a data config with ``num_*``, ``image_size``,
-    ``hard_negative_fraction`` and ``seed`` (validated by ``ShapesConfig``)."""
-    return ShapesConfig(
-        num_train=cfg.num_train,
-        num_val=cfg.num_val,
-        num_test=cfg.num_test,
-        image_size=cfg.image_size,
-        hard_negative_fraction=cfg.hard_negative_fraction,
-        seed=cfg.seed,
-    )
-
-
 @dataclass
 class ShapesViewsDataConfig(ItemsDataConfig):
     """``views`` full views and ``small_views`` multi-crop views per training item.
     ``view_augment`` / ``small_view_augment``: albumentations steps, one list used for every
     view or one list per view; None: :func:`simclr_views` / :func:`small_crops` of
     ``image_size``. ``augment.train`` must stay empty (training batches have no plain image)."""
+
+    family: ClassVar[str] = "shapes_views"
 
     name: str = "shapes_views"
     hard_negative_fraction: float = 0.25
@@ -126,7 +106,6 @@ class ShapesViewsDataModule(ItemsDataModule):
     def __init__(self, cfg: ShapesViewsDataConfig | None = None, tokenizer: Any = None) -> None:
         cfg = cfg or ShapesViewsDataConfig()
         super().__init__(cfg, tokenizer)
-        self.scenes = scenes_of(cfg)
         large = cfg.view_augment if cfg.view_augment is not None else simclr_views(cfg.image_size)
         small = cfg.small_view_augment
         small = small if small is not None else small_crops(cfg.image_size)
@@ -159,19 +138,6 @@ class ShapesViewsDataModule(ItemsDataModule):
 
     def tower_context(self) -> dict[str, Any]:
         return {"image_size": self.cfg.image_size, "in_channels": 3}
-
-    def source_name(self) -> str:
-        return f"embedded shapes-{self.scenes.key()}"
-
-    def prepare_data(self) -> None:
-        """Generate the scenes once (Lightning calls this on one process per node)."""
-        ensure_shapes(self.scenes, cache_root(self.cfg.cache_dir))
-
-    def _source(self, split: str) -> ItemSource:
-        directory = ensure_shapes(self.scenes, cache_root(self.cfg.cache_dir))
-        data = load_split(directory, split)
-        images = MappedArray(directory / f"{split}_images.npy")
-        return ItemSource(len(data.captions), MappedItems({"image": images}), labels=data.labels)
 
     def _transforms(self, train: bool) -> dict[str, Transform]:
         return {} if train else {"image": SeededImageTransform(self.cfg.augment.eval)}

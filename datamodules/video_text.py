@@ -18,35 +18,26 @@ from __future__ import annotations
 import modules.env  # noqa: F401  (first: environment for lightning's imports)
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from datamodules.config import SourceDataConfig
-from datamodules.embedded.moving_shapes import (
-    MovingShapesConfig,
-    ensure_moving_shapes,
-    load_split,
-    zero_shot_prompts,
-)
-from datamodules.formats.msrvtt import read_msrvtt, read_video_csv
-from datamodules.media import decode_video, read_frame_folder
 from datamodules.pairs import TRAIN_PAIRS, PairDataModule, PairDataset
-from datamodules.storage import Captions, FileCaptions, MappedArray, cache_root
+from datamodules.sources.video_text import FileClips, VideoTextSource
+from datamodules.storage import MappedArray
 from datamodules.transforms import ClipTransform
 from modules.registry import DATAMODULES
-
-FORMATS = ("embedded", "msrvtt", "csv")
 
 
 @dataclass
 class VideoTextDataConfig(SourceDataConfig):
     """Data block of an experiment. ``num_*`` and ``sibling_fraction`` shape the built-in data;
-    ``root``, ``*_manifest`` and ``*_videos`` locate a real one."""
+    ``root``, ``*_manifest`` and ``*_videos`` locate a real one (the formats:
+    datamodules/sources/video_text.py)."""
 
-    formats: ClassVar[tuple[str, ...]] = FORMATS
+    family: ClassVar[str] = "video_text"
 
     name: str = "video_text"
     # manifest per split, relative to root; None: "msrvtt.json" (one file holding every
@@ -78,45 +69,6 @@ class VideoTextDataConfig(SourceDataConfig):
             raise ValueError("data.sibling_batches needs data.train_pairs: image")
         if self.num_frames < 1 or self.frame_size < 1:
             raise ValueError("data.num_frames and data.frame_size must be positive")
-        if self.format == "embedded":
-            try:
-                self.generator()
-            except ValueError as err:  # its messages start with the field name
-                raise ValueError(f"data.{err}") from None
-
-    def generator(self) -> MovingShapesConfig:
-        """The built-in data's generator parameters."""
-        return MovingShapesConfig(
-            num_train=self.num_train,
-            num_val=self.num_val,
-            num_test=self.num_test,
-            num_frames=self.num_frames,
-            frame_size=self.frame_size,
-            sibling_fraction=self.sibling_fraction,
-            seed=self.seed,
-        )
-
-    def manifest(self, split: str) -> Path:
-        name = getattr(self, f"{split}_manifest")
-        if name is None:
-            name = "msrvtt.json" if self.format == "msrvtt" else f"{split}.csv"
-        return Path(self.root or "") / name
-
-    def video_dir(self, split: str) -> Path:
-        return Path(self.root or "") / getattr(self, f"{split}_videos")
-
-
-class FileClips:
-    """Clips decoded from video files (PyAV) or frame folders: ``num_frames`` frames sampled
-    uniformly, each resized to ``size`` x ``size``; a corrupt file raises ``MediaError``."""
-
-    def __init__(self, files: FileCaptions, num_frames: int, size: int) -> None:
-        self.files, self.num_frames, self.size = files, num_frames, size
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        path = Path(self.files.path(i))
-        read = read_frame_folder if path.is_dir() else decode_video
-        return read(path, self.num_frames, self.size)
 
 
 def eval_permutation(seed: int, item: int, num_frames: int) -> np.ndarray:
@@ -166,10 +118,10 @@ class VideoTextDataModule(PairDataModule):
     """Clip-caption pairs; with no arguments, the built-in moving-shapes data (generated on
     first use into the cache)."""
 
+    source: VideoTextSource
+
     def __init__(self, cfg: VideoTextDataConfig | None = None, tokenizer: Any = None) -> None:
-        cfg = cfg or VideoTextDataConfig()
-        super().__init__(cfg, tokenizer)
-        self.moving_shapes = cfg.generator() if cfg.format == "embedded" else None
+        super().__init__(cfg or VideoTextDataConfig(), tokenizer)
 
     modalities = ("video", "text")
 
@@ -183,7 +135,7 @@ class VideoTextDataModule(PairDataModule):
 
     @property
     def zero_shot_tasks(self) -> dict[str, list[str]]:
-        return zero_shot_prompts() if self.moving_shapes is not None else {}
+        return self.source.zero_shot_tasks()
 
     @property
     def choice_tasks(self) -> dict[str, tuple[str, str]]:
@@ -191,17 +143,9 @@ class VideoTextDataModule(PairDataModule):
         backwards? A model blind to frame order cannot (its two embeddings are equal)."""
         return {"time_reversed": ("video_reversed", "video")}
 
-    def prepare_data(self) -> None:
-        """Generate the built-in data once (Lightning calls this on one process per node)."""
-        if self.moving_shapes is not None:
-            ensure_moving_shapes(self.moving_shapes, cache_root(self.cfg.cache_dir))
-
     def describe(self) -> str:
         """One line for logs: source and loaded split sizes."""
-        if self.moving_shapes is not None:
-            source = f"embedded moving_shapes-{self.moving_shapes.key()}"
-        else:
-            source = f"{self.cfg.format} at {self.cfg.root}"
+        source = self.source.describe()
         if self.cfg.shuffle_frames:
             source += ", frames shuffled"
         sizes = ", ".join(
@@ -215,25 +159,7 @@ class VideoTextDataModule(PairDataModule):
         transform = ClipTransform(self.cfg.augment.train if train else self.cfg.augment.eval)
         pairs = self.cfg.train_pairs if train else "caption"
         shuffle = ("train" if train else "eval") if self.cfg.shuffle_frames else None
-        labels = None
-        if self.moving_shapes is not None:
-            directory = ensure_moving_shapes(self.moving_shapes, cache_root(self.cfg.cache_dir))
-            data = load_split(directory, split)
-            clips: MappedArray | FileClips = MappedArray(directory / f"{split}_frames.npy")
-            captions, labels = Captions.from_lists(data.captions), data.labels
-            self._siblings[split] = data.sibling
-        else:
-            clips, captions = self._files(split)
-        load = LoadClip(clips, transform, shuffle, self.cfg.seed, reversed_copy=not train)
-        return PairDataset(captions, load, labels, pairs)
-
-    def _files(self, split: str) -> tuple[FileClips, Captions]:
-        root = Path(self.cfg.root or "")
-        if not root.is_dir():
-            raise FileNotFoundError(f"data root {root} not found")
-        manifest, video_dir = self.cfg.manifest(split), self.cfg.video_dir(split)
-        if self.cfg.format == "msrvtt":
-            files = read_msrvtt(manifest, video_dir, split)
-        else:
-            files = read_video_csv(manifest, video_dir)
-        return FileClips(files, self.cfg.num_frames, self.cfg.frame_size), files.captions
+        data = self.source.split(split)
+        self._siblings[split] = data.siblings
+        load = LoadClip(data.clips, transform, shuffle, self.cfg.seed, reversed_copy=not train)
+        return PairDataset(data.captions, load, dict(data.labels), pairs)

@@ -222,7 +222,7 @@ def test_batches_follow_the_contract(cache):
 
 def _check_samples(dm: AudioVisualDataModule, split: str, items: torch.Tensor, batches) -> None:
     """Every sample against the stored clip: audio, video, shift, distractor, words."""
-    data = talking.load_split(talking.talking_dir(dm.talking, cache_root()), split)
+    data = talking.load_split(talking.talking_dir(dm.source.generator, cache_root()), split)
     window = np.asarray(data.frames[:, MARGIN : MARGIN + T], dtype=np.float32) / 127.5 - 1
     offsets = torch.cat([x["label/offset"] for x in batches])
     assert ((offsets.abs() >= 2) & (offsets.abs() <= 4)).all()
@@ -257,7 +257,7 @@ def test_eval_is_fixed_and_reproducible_training_varies(cache):
         assert a.keys() == b.keys() and a.pop("skipped") == b.pop("skipped") == []
         assert all(torch.equal(a[key], b[key]) for key in a)
     texts = dm.datasets["val"].captions.all_texts()
-    data = talking.load_split(talking.talking_dir(dm.talking, cache), "val")
+    data = talking.load_split(talking.talking_dir(dm.source.generator, cache), "val")
     assert texts == [data.transcript(i) for i in range(12)]
     train = dm.datasets["train"]
     draws = {
@@ -516,7 +516,7 @@ def test_lrs_corrupt_or_short_clip_is_a_media_error(lrs_root, tmp_path):
 
 def test_same_speaker_distractors_differ_only_in_what_is_said(cache):
     dm = _dm(distractor="same", num_speakers=2)
-    data = talking.load_split(talking.talking_dir(dm.talking, cache_root()), "val")
+    data = talking.load_split(talking.talking_dir(dm.source.generator, cache_root()), "val")
     window = np.asarray(data.frames[:, MARGIN : MARGIN + T], dtype=np.float32) / 127.5 - 1
     batch = next(iter(dm.val_dataloader()))
     for k, item in enumerate(batch["item_id"].tolist()):

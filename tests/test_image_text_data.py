@@ -257,7 +257,7 @@ def test_train_batches_follow_the_contract(dm, cache):
         ids, _ = dm.tokenizer.encode([train.captions.text(int(index))])
         assert torch.equal(ids[0], b["text_ids"][k, : ids.shape[1]])
         assert not b["text_ids"][k, ids.shape[1] :].any()
-    raw = shapes.load_split(shapes.shapes_dir(dm.shapes, cache), "train")
+    raw = shapes.load_split(shapes.shapes_dir(dm.source.generator, cache), "train")
     i = int(b["item_id"][0])
     assert torch.allclose(b["image"][0], torch.tensor(raw.images[i]).permute(2, 0, 1) / 127.5 - 1)
     assert int(b["label/count"][0]) == len(raw.objects[i]) - 1

@@ -26,7 +26,7 @@ from datamodules.embedded.shape_sizes import (
 )
 from datamodules.embedded.shape_sounds import PITCHES, SoundsConfig, load_beeps, scene_sound
 from datamodules.embedded.shapes import COLORS, SHAPES, ShapesConfig, ensure_shapes, load_split
-from datamodules.items import ItemCollate, ItemDataset, ItemSource, SeededImageTransform
+from datamodules.items import ItemCollate, ItemDataset, ItemSplit, SeededImageTransform
 from datamodules.media import MediaError, mel_filterbank
 from datamodules.shapes_sizes import ShapesSizesDataConfig, ShapesSizesDataModule
 from datamodules.shapes_sounds import ShapesSoundsDataConfig, ShapesSoundsDataModule
@@ -145,7 +145,7 @@ def test_cache_is_written_once_and_reused(monkeypatch):
     assert path.name == f"shape-sizes-{cfg.key()}" and (path / "train_images.npy").is_file()
     sounds = sounds_module()
     sounds.prepare_data()
-    directory = shape_sounds.sounds_dir(sounds.sounds, cache_root())
+    directory = shape_sounds.sounds_dir(sounds.source.generator, cache_root())
     assert (directory / "val_audio.npy").is_file()
 
     def fail(*args, **kwargs):
@@ -155,7 +155,7 @@ def test_cache_is_written_once_and_reused(monkeypatch):
     monkeypatch.setattr(shape_sounds, "generate_split", fail)
     assert shape_sizes.ensure_sizes(cfg, cache_root()) == path
     sounds_module().prepare_data()
-    assert sounds_module().source("val").num_items == 20
+    assert sounds_module().source.split("val").num_items == 20
 
 
 def test_generation_time_fits_the_default_sizes():
@@ -228,7 +228,7 @@ def test_size_targets_are_truthful_in_the_pixels_and_views_keep_them():
         same = [torch.equal(a, b) for a, b in zip(batch["image@0"], batch[other], strict=True)]
         assert sum(same) <= 1
     assert dm.train_targets("size").dtype == np.float32
-    assert np.array_equal(dm.train_targets("size"), dm.source("train").targets["size"])
+    assert np.array_equal(dm.train_targets("size"), dm.source.split("train").targets["size"])
     with pytest.raises(KeyError, match="no target 'age'"):
         dm.train_targets("age")
 
@@ -239,8 +239,8 @@ def test_size_targets_are_truthful_in_the_pixels_and_views_keep_them():
 def test_sound_carries_count_shape_and_timbre():
     dm = sounds_module()
     dm.prepare_data()
-    scenes_dir = ensure_shapes(dm.scenes, cache_root())
-    sounds_dir = shape_sounds.sounds_dir(dm.sounds, cache_root())
+    scenes_dir = ensure_shapes(dm.source.generator.scenes, cache_root())
+    sounds_dir = shape_sounds.sounds_dir(dm.source.generator, cache_root())
     scenes, beeps = load_split(scenes_dir, "val"), load_beeps(sounds_dir, "val")
     audio = np.load(sounds_dir / "val_audio.npy").astype(np.float32)
     fbank = mel_filterbank(40, 200, 8000)
@@ -363,7 +363,7 @@ def test_views_are_independent_draws_of_the_same_item():
 def test_view_labels_are_the_scene_labels_and_colour_is_in_the_pixels():
     dm = views_module()
     setup_with_words(dm, "fit")
-    scenes = load_split(ensure_shapes(dm.scenes, cache_root()), "val")
+    scenes = load_split(ensure_shapes(dm.source.generator, cache_root()), "val")
     for batch in dm.val_dataloader():
         for i, item in enumerate(batch["item_id"].tolist()):
             main = scenes.objects[item][0]
@@ -376,10 +376,10 @@ def test_view_labels_are_the_scene_labels_and_colour_is_in_the_pixels():
 def test_training_captions_are_drawn_per_sample_evaluation_uses_the_first():
     dm = sounds_module()
     setup_with_words(dm, "fit")
-    captions = dm.source("train").captions
+    captions = dm.source.split("train").captions
     texts = {dm.datasets["train"][(0, seed)]["text"] for seed in range(40)}
     assert len(texts) > 2 and texts <= set(captions.all_texts()[:5])
-    assert dm.datasets["val"][0]["text"] == dm.source("val").captions.text(0)
+    assert dm.datasets["val"][0]["text"] == dm.source.split("val").captions.text(0)
     assert dm.probe_loader("train").dataset[0]["text"] == captions.text(0)
 
 
@@ -445,7 +445,7 @@ def test_bad_items_are_replaced_and_reported():
         return {"image": np.full((8, 8, 3), item, np.uint8)}
 
     captions = Captions.from_lists([["a"], ["b"], ["c"]])
-    source = ItemSource(3, load, captions, {"kind": np.array([0, 1, 2])})
+    source = ItemSplit(3, load, captions, {"kind": np.array([0, 1, 2])})
     dataset = ItemDataset(source, {"image": SeededImageTransform()})
     sample = dataset[1]
     assert sample["item_id"] == 2 and sample["text"] == "c" and sample["label/kind"] == 2
@@ -453,7 +453,7 @@ def test_bad_items_are_replaced_and_reported():
     with pytest.raises(RuntimeError, match="no tokenizer"):
         ItemCollate(None)([sample])
     with pytest.raises(ValueError, match="'kind' has 2 values for 3 items"):
-        ItemSource(3, load, labels={"kind": np.array([0, 1])})
+        ItemSplit(3, load, labels={"kind": np.array([0, 1])})
 
 
 def test_datasets_pickle_small_for_workers():

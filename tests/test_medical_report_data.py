@@ -323,7 +323,7 @@ def test_batches_follow_the_contract(dm, cache):
 
 
 def test_evaluation_shows_the_frontal_view_in_order(dm, cache):
-    raw = chest.load_split(chest.chest_dir(dm.chest, cache), "val")
+    raw = chest.load_split(chest.chest_dir(dm.source.generator, cache), "val")
     batches = list(dm.val_dataloader())
     assert torch.equal(torch.cat([b["index"] for b in batches]), torch.arange(12))
     assert all((b["view"] == 0).all() for b in batches)

@@ -219,7 +219,7 @@ def test_train_batches_follow_the_contract(dm, cache):
         assert b[key].dtype == torch.long and b[key].shape == (8,)
     assert len(set(torch.cat([x["item_id"] for x in batches]).tolist())) == 40
     train = dm.datasets["train"]
-    directory = moving_shapes.moving_shapes_dir(dm.moving_shapes, cache)
+    directory = moving_shapes.moving_shapes_dir(dm.source.generator, cache)
     raw = moving_shapes.load_split(directory, "train")
     for k, (index, item_id) in enumerate(zip(b["index"], b["item_id"], strict=True)):
         assert train.captions.item[index] == item_id
