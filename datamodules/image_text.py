@@ -20,6 +20,7 @@ import modules.env  # noqa: F401  (first: environment for lightning's imports)
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -27,7 +28,7 @@ from datamodules.config import SourceDataConfig
 from datamodules.formats import ShardStream, StreamLoader
 from datamodules.languages import ParallelLanguages, SyntheticLanguages
 from datamodules.pairs import TRAIN_PAIRS, PairDataModule, PairDataset, TokenizeCollate
-from datamodules.sources.image_text import Images, ImageTextSource
+from datamodules.sources.image_text import Images, ImageTextSource, ImageTextSplit, without_items
 from datamodules.transforms import ImageTransform
 from modules.registry import DATAMODULES
 
@@ -89,6 +90,10 @@ class ImageTextDataConfig(SourceDataConfig):
     # add text_ids_k / text_mask_k [B, K, L]; training text_ids hold one random language per
     # sample, evaluation text_ids language 0 (the original). 1: the data as it is.
     languages: int = 1
+    # label -> class names whose items the training split leaves out (e.g. {color: [purple]}):
+    # classes a stage never trains on, for evaluation on unseen classes (class_retrieval's
+    # ``subsets``); validation and test keep every item
+    train_exclude: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -232,11 +237,29 @@ class ImageTextDataModule(PairDataModule):
         trainer = getattr(self, "trainer", None)
         return None if trainer is None else trainer.current_epoch
 
+    def _excluded(self, data: ImageTextSplit) -> np.ndarray:
+        """Which items of ``data`` have a class of ``train_exclude``."""
+        names = self.class_names
+        drop = np.zeros(data.captions.num_items, dtype=bool)
+        for label, excluded in self.cfg.train_exclude.items():
+            if label not in names or label not in data.labels:
+                raise ValueError(f"data.train_exclude: the data has no named label {label!r}")
+            unknown = sorted(set(excluded) - set(names[label]))
+            if unknown:
+                raise ValueError(f"data.train_exclude: {label} has no classes {unknown}")
+            ids = [names[label].index(name) for name in excluded]
+            drop |= np.isin(np.asarray(data.labels[label]), ids)
+        if drop.all():
+            raise ValueError("data.train_exclude leaves no training item")
+        return drop
+
     def _dataset(self, split: str) -> PairDataset:
         train = split == "train"
         transform = ImageTransform(self.cfg.augment.train if train else self.cfg.augment.eval)
         pairs = self.cfg.train_pairs if train else "caption"
         data = self.source.split(split)
+        if train and self.cfg.train_exclude:
+            data = without_items(data, self._excluded(data))
         self._siblings[split] = data.siblings
         load = LoadImage(data.images, transform)
         return PairDataset(data.captions, load, dict(data.labels), pairs)

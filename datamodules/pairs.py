@@ -132,6 +132,22 @@ class TokenizeCollate:
         return batch
 
 
+def warn_shared_captions(split: str, captions: Captions) -> None:
+    """Warn when captions of ``split`` are word for word a caption of another item
+    (templated or class-name captions): identical captions embed identically, so retrieval
+    ties, counted pessimistically in ``R<K>`` and optimistically in ``R<K>_optimistic``."""
+    count, example = captions.shared_across_items()
+    if count:
+        log.warning(
+            "%s split: %d of %d captions are word for word a caption of another item (e.g. "
+            "%r); retrieval reports R@K with pessimistic ties and R@K_optimistic",
+            split,
+            count,
+            len(captions),
+            example,
+        )
+
+
 class PairDataModule(SplitsDataModule):
     """The datamodule of items with captions: a subclass passes its data config and implements
     ``_dataset(split)`` (a :class:`PairDataset`) and ``tower_context()``; loaders, sharding and
@@ -147,6 +163,15 @@ class PairDataModule(SplitsDataModule):
         super().__init__(cfg, tokenizer)
         self._siblings: dict[str, np.ndarray] = {}
         self._item_groups: np.ndarray | None = None
+        self._checked: set[str] = set()
+
+    def setup(self, stage: str | None = None) -> None:
+        """As the base; warns once per split whose captions repeat across items."""
+        super().setup(stage)
+        for split, dataset in self.datasets.items():
+            if split not in self._checked:
+                self._checked.add(split)
+                warn_shared_captions(split, dataset.captions)
 
     @property
     def pairs(self) -> tuple[tuple[str, str], ...]:

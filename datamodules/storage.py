@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.media import MediaError
+from modules.words import split_words
 
 SPLITS = ("train", "val", "test")
 #: The splits each Lightning stage loads.
@@ -89,6 +90,19 @@ class Captions:
 
     def all_texts(self) -> list[str]:
         return [t.decode("utf-8") for t in self.texts]
+
+    def shared_across_items(self) -> tuple[int, str | None]:
+        """How many captions are, word for word (lower-cased, as the tokenizer splits them),
+        also a caption of another item, and one of them (None if none)."""
+        owners: dict[tuple[str, ...], set[int]] = {}
+        for text, item in zip(self.all_texts(), self.item.tolist(), strict=True):
+            owners.setdefault(tuple(split_words(text)), set()).add(item)
+        shared = [words for words, items in owners.items() if len(items) > 1]
+        if not shared:
+            return 0, None
+        keys = set(shared)
+        count = sum(tuple(split_words(text)) in keys for text in self.all_texts())
+        return count, " ".join(shared[0])
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,17 @@ class ShardImages:
         return _read_rgb(io.BytesIO(self.index.read(i)), self.index.member(i), i, self.size)
 
 
-Images = MappedArray | FileImages | ShardImages
+class ItemSubset:
+    """The images of chosen items of a split, renumbered: image ``i`` is ``images[keep[i]]``."""
+
+    def __init__(self, images: Images, keep: np.ndarray) -> None:
+        self.images, self.keep = images, keep
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.images[int(self.keep[i])]
+
+
+Images = MappedArray | FileImages | ShardImages | ItemSubset
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,23 @@ class ImageTextSplit:
     labels: Mapping[str, np.ndarray]
     siblings: np.ndarray
     shard_items: np.ndarray | None = None
+
+
+def without_items(split: ImageTextSplit, drop: np.ndarray) -> ImageTextSplit:
+    """``split`` without the items where ``drop`` [N] (bool) is set, the rest renumbered in
+    order (captions, images, labels, siblings: a dropped sibling becomes -1). Map-style only."""
+    if split.shard_items is not None:
+        raise ValueError("dropping items needs a map-style data.format, not webdataset")
+    keep = np.flatnonzero(~drop)
+    offsets = split.captions.offsets
+    texts = split.captions.all_texts()
+    captions = Captions.from_lists([texts[offsets[i] : offsets[i + 1]] for i in keep])
+    renumber = np.full(len(drop), -1, dtype=np.int64)
+    renumber[keep] = np.arange(len(keep))
+    siblings = split.siblings[keep]
+    siblings = np.where(siblings >= 0, renumber[np.maximum(siblings, 0)], -1)
+    labels = {name: np.asarray(ids)[keep] for name, ids in split.labels.items()}
+    return ImageTextSplit(captions, ItemSubset(split.images, keep), labels, siblings)
 
 
 class ImageTextSource(Source[ImageTextSplit]):
