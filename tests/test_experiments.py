@@ -61,6 +61,10 @@ def tiny(store: Path, *extra: str) -> list[str]:
 #: cluster; tests/test_mcl.py checks the clustered batches themselves).
 TINY_EXTRA = {
     "mcl.yaml": ["stages.stage1.method.num_clusters=1", "stages.stage2.method.num_clusters=1"],
+    "hycd_gap.yaml": [
+        f"stages.{stage}.data.batch_size=16"
+        for stage in ("finetune_small", "refine_small", "finetune_large", "refine_large")
+    ],
     "structure.yaml": [
         "stages.structure.data.num_train=48",
         "stages.structure.trainer.max_epochs=1",
