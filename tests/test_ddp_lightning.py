@@ -96,8 +96,12 @@ def test_two_processes_train_the_weights_of_one(runs, name):
     single, other = weights(runs["single"]), weights(runs[name])
     assert single.keys() == other.keys()
     assert abs(single["temperature.log_scale"].item() - math.log(1 / 0.07)) > 1e-3  # it trained
+    # Two processes convolve and reduce 16 rows each where one process takes 32, so float32
+    # rounding differs; Adam's normalised first steps carry it into the weights at up to ~2e-6
+    # (measured: 2.2e-6 after 4 steps). A wrong gradient (a missing gather, a factor of 2) moves
+    # them by ~lr = 1e-3 per step.
     for key in single:
-        torch.testing.assert_close(other[key], single[key], rtol=0, atol=2e-6, msg=key)
+        torch.testing.assert_close(other[key], single[key], rtol=0, atol=1e-5, msg=key)
 
 
 @pytest.mark.parametrize("name", ["ddp", "torchrun_micro"])
