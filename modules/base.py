@@ -357,12 +357,15 @@ class AlignmentModule(L.LightningModule):
         self, state_dict: dict[str, torch.Tensor], sides: tuple[str, ...] | None = None
     ) -> None:
         """Initialise towers and temperature from a checkpoint's ``state_dict``; with ``sides``,
-        only those towers (the temperature then keeps its configured value)."""
+        only those towers. A fixed temperature (``model.learnable_temperature: false``) is the
+        stage's own and keeps its configured value (e.g. CUAXU's tau = 0.01 when fine-tuning a
+        CLIP that learned another); a learnable one continues from the checkpoint's."""
         prefixes = tuple(f"towers.{side}." for side in sides or self.modalities)
+        continued = sides is None and self.hparams["model"]["learnable_temperature"]
         own = {
             k: v
             for k, v in state_dict.items()
-            if k.startswith(prefixes) or (sides is None and k == "temperature.log_scale")
+            if k.startswith(prefixes) or (continued and k == "temperature.log_scale")
         }
         self.load_state_dict(own, strict=False)
         missing = [k for k in self.state_dict() if k.startswith(prefixes) and k not in own]

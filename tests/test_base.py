@@ -187,6 +187,25 @@ def test_init_from_one_tower_keeps_the_other_and_the_temperature():
     assert target.temperature.log_scale.item() == 1.0
 
 
+def test_init_from_keeps_a_fixed_temperature_of_the_stage():
+    """CUAXU fine-tunes a CLIP at a fixed tau = 0.01: the checkpoint's learned temperature must
+    not replace it (it did, silently, before)."""
+    source = make()
+    with torch.no_grad():
+        source.temperature.log_scale.fill_(2.5)
+    fixed = CLIP(
+        method={"name": "clip"},
+        model={**MODEL, "temperature": 0.01, "learnable_temperature": False},
+        optim=OPTIM,
+        tokenizer=word_state(VOCAB),
+        context={"modalities": ["image", "text"], "image_size": 16, "max_text_len": 8},
+    )
+    fixed.load_student_weights(source.state_dict())
+    assert fixed.temperature.log_scale.item() == pytest.approx(math.log(100.0))
+    for k, v in source.towers.state_dict().items():
+        assert torch.equal(fixed.towers.state_dict()[k], v)
+
+
 def test_features_from_is_refused_by_methods_that_do_not_read_it():
     with pytest.raises(ValueError, match="features_from: method clip does not read"):
         make().prepare_fit(FitContext([make()], 0, lambda indices: [], lambda groups: None))
