@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
@@ -117,17 +118,27 @@ class Tracker:
         if self.uri.startswith("sqlite:///"):
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(self.uri)
-        found = self.client.get_experiment_by_name(experiment_name)
+        self.experiment_id = self._experiment(experiment_name)
+
+    def _experiment(self, name: str) -> str:
+        """The id of experiment ``name``, created if absent. Runs started together (seeds in
+        parallel) may race to create it: the loser finds the winner's."""
+        found = self.client.get_experiment_by_name(name)
         if found is not None:
-            self.experiment_id = found.experiment_id
-        else:
-            # A sqlite store keeps its artifacts beside it (MLflow would use ./mlruns of the
-            # current directory); a server decides for itself.
-            location = None
-            if self.uri.startswith("sqlite:///"):
-                db = Path(self.uri.removeprefix("sqlite:///"))
-                location = (db.parent / "artifacts" / experiment_name).resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(experiment_name, location)
+            return found.experiment_id
+        # A sqlite store keeps its artifacts beside it (MLflow would use ./mlruns of the
+        # current directory); a server decides for itself.
+        location = None
+        if self.uri.startswith("sqlite:///"):
+            db = Path(self.uri.removeprefix("sqlite:///"))
+            location = (db.parent / "artifacts" / name).resolve().as_uri()
+        try:
+            return self.client.create_experiment(name, location)
+        except MlflowException:
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
 
     def start_run(
         self, name: str, tags: dict[str, str], parent_id: str | None = None

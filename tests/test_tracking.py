@@ -24,3 +24,20 @@ def test_params_are_flattened_and_long_values_truncated(tmp_path):
     assert len(value) == MAX_PARAM_VAL_LENGTH and str(long_list).startswith(value)
     assert run.data.tags["alignlab.method"] == "clip" and "alignlab.command" in run.data.tags
     assert run.info.run_name == "clip-image_text-abc" and run.info.status == "FINISHED"
+
+
+def test_two_runs_racing_to_create_the_experiment_share_it(tmp_path, monkeypatch):
+    """Seeds launched together on a fresh store: the second sees no experiment, then loses the
+    race to create it, and must use the winner's instead of failing."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = Tracker(uri, "race")
+    real = MlflowClient.get_experiment_by_name
+    calls = []
+
+    def not_yet_there(self, name):
+        calls.append(name)
+        return None if len(calls) == 1 else real(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", not_yet_there)
+    second = Tracker(uri, "race")
+    assert second.experiment_id == first.experiment_id and len(calls) == 2
