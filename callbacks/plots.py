@@ -3,8 +3,11 @@
 They show the data's first two encoders (item side, caption side); data with one modality
 gets no plot.
 
-Written at the end of fit (from the last validation epoch, sanity check excluded), at the end of
-a stand-alone ``trainer.validate`` and at the end of test (files prefixed ``test_``). Each rank
+Written as files at the end of fit (from the last validation epoch, sanity check excluded), at
+the end of a stand-alone ``trainer.validate`` and at the end of test (files prefixed ``test_``).
+With an MLflow logger every validation epoch's plots are also logged as images (keys
+``plots/val/similarity_matrix`` and ``plots/val/embedding_pca``, step = epoch), so the UI steps
+through training; the test plots are logged once under ``plots/test/...``. Each rank
 keeps the first ``max_points`` rows it sees; only global rank 0 draws, from its own rows (its
 share of the split under DDP). Nothing here is collective, so no rank waits on another.
 """
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import modules.env  # noqa: F401
 
+from functools import partial
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from matplotlib.figure import Figure
+from PIL import Image
 from torch import Tensor
 
 from callbacks.metrics import first_occurrence
@@ -66,6 +72,11 @@ class EmbeddingPlots(pl.Callback):
     ) -> None:
         self._keep("test", pl_module, outputs)
 
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self._log_images(trainer, "val", trainer.current_epoch)
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write(trainer, "val", "")
 
@@ -75,6 +86,7 @@ class EmbeddingPlots(pl.Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write(trainer, "test", "test_")
+        self._log_images(trainer, "test", trainer.current_epoch)
 
     # -- work ----------------------------------------------------------------------------------
     def _keep(self, stage: str, pl_module: pl.LightningModule, outputs: Any) -> None:
@@ -93,21 +105,48 @@ class EmbeddingPlots(pl.Callback):
             kept_rows[k] = kept_rows[k].float()
         self._rows[stage].append(kept_rows)
 
+    def _figures(self, stage: str, epoch: int) -> dict[str, Figure]:
+        """The plots of ``stage``'s kept rows, titled with the split and epoch."""
+        rows = {k: torch.cat([r[k] for r in self._rows[stage]]) for k in _KEYS}
+        where = f"{stage}, epoch {epoch}"
+        return {
+            "similarity_matrix": self._similarity_matrix(rows, where),
+            "embedding_pca": self._projection(rows, where),
+        }
+
     def _write(self, trainer: pl.Trainer, stage: str, prefix: str) -> None:
         if not trainer.is_global_zero or not self._rows[stage]:
             return
-        rows = {k: torch.cat([r[k] for r in self._rows[stage]]) for k in _KEYS}
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        paths = [
-            self._similarity_matrix(rows, self.output_dir / f"{prefix}similarity_matrix.png"),
-            self._projection(rows, self.output_dir / f"{prefix}embedding_pca.png"),
-        ]
-        for logger in trainer.loggers:
-            if isinstance(logger, MLFlowLogger):
-                for path in paths:
-                    logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="plots")
+        paths = []
+        for name, fig in self._figures(stage, trainer.current_epoch).items():
+            paths.append(self.output_dir / f"{prefix}{name}.png")
+            fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
+        for logger in self._mlflow(trainer):
+            for path in paths:
+                logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="plots")
 
-    def _similarity_matrix(self, rows: dict[str, Tensor], path: Path) -> Path:
+    def _log_images(self, trainer: pl.Trainer, stage: str, epoch: int) -> None:
+        """This epoch's plots as MLflow images (one key per plot, step = epoch)."""
+        loggers = self._mlflow(trainer)
+        if not trainer.is_global_zero or not self._rows[stage] or not loggers:
+            return
+        for name, fig in self._figures(stage, epoch).items():
+            buffer = BytesIO()
+            fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+            image = Image.open(buffer)
+            for logger in loggers:
+                # a logger that buffers when the tracker is down has its own log_image
+                log_image = getattr(logger, "log_image", None) or partial(
+                    logger.experiment.log_image, logger.run_id
+                )
+                log_image(image, key=f"plots/{stage}/{name}", step=epoch)
+
+    @staticmethod
+    def _mlflow(trainer: pl.Trainer) -> list[MLFlowLogger]:
+        return [logger for logger in trainer.loggers if isinstance(logger, MLFlowLogger)]
+
+    def _similarity_matrix(self, rows: dict[str, Tensor], where: str) -> Figure:
         """Cosine similarity of the first images against the first caption of each of them."""
         first = first_occurrence(rows["item_id"]).sort().values[: self.matrix_size]
         item = F.normalize(rows["item"][first], dim=1)
@@ -118,11 +157,10 @@ class EmbeddingPlots(pl.Callback):
         shown = ax.imshow((item @ caption.T).numpy(), cmap="viridis", vmin=-1, vmax=1)
         fig.colorbar(shown, ax=ax, label="cosine similarity")
         ax.set(xlabel=f"{b} (first of {a} j)", ylabel=f"{a} i")
-        ax.set_title(f"{a}-{b} similarity, {len(first)} items")
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        return path
+        ax.set_title(f"{a}-{b} similarity, {len(first)} items ({where})")
+        return fig
 
-    def _projection(self, rows: dict[str, Tensor], path: Path) -> Path:
+    def _projection(self, rows: dict[str, Tensor], where: str) -> Figure:
         """Joint 2-D PCA (exact SVD) of distinct items and distinct captions."""
         images = first_occurrence(rows["item_id"])
         texts = first_occurrence(rows["index"])
@@ -142,6 +180,5 @@ class EmbeddingPlots(pl.Callback):
         ax.scatter(img_xy[:, 0], img_xy[:, 1], s=10, label=self._modalities[0], zorder=2)
         ax.scatter(txt_xy[:, 0], txt_xy[:, 1], s=10, label=self._modalities[1], zorder=2)
         ax.legend()
-        ax.set_title(f"PCA of normalised embeddings ({100 * explained:.0f}% variance)")
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        return path
+        ax.set_title(f"PCA of normalised embeddings, {100 * explained:.0f}% variance ({where})")
+        return fig
