@@ -3,8 +3,8 @@
 ``PairDataset`` replaces a sample whose file is missing or corrupt by the next one that loads
 and lists the error in the batch (``batch["skipped"]``, one string per failed file naming it),
 so a few bad files cost neither the run nor the batch size. This callback makes them visible
-(``data/skipped`` in MLflow) and turns silent data rot into an error once more than
-``data.max_skipped_fraction`` of a stage's samples needed a replacement.
+(``data/skipped`` in MLflow, from the first skipped file on) and turns silent data rot into an
+error once more than ``data.max_skipped_fraction`` of a stage's samples needed a replacement.
 """
 
 from __future__ import annotations
@@ -95,10 +95,11 @@ class SkippedSamples(pl.Callback):
         named = self.examples[stage]
         named += reasons[: MAX_NAMED - len(named)]
         total = float(sum(self.skipped.values()))
-        if stage == "train":
-            pl_module.log("data/skipped", total, on_step=True, on_epoch=False)
-        else:  # the running count is logged once per epoch: its last (largest) value
-            pl_module.log("data/skipped", total, on_step=False, on_epoch=True, reduce_fx="max")
+        if total > 0:  # from the first skipped file on: no flat zero curve in the UI
+            if stage == "train":
+                pl_module.log("data/skipped", total, on_step=True, on_epoch=False)
+            else:  # the running count is logged once per epoch: its last (largest) value
+                pl_module.log("data/skipped", total, on_step=False, on_epoch=True, reduce_fx="max")
         self._check(trainer, stage, epoch_end=False)
 
     def _check(self, trainer: pl.Trainer, stage: str, epoch_end: bool) -> None:
