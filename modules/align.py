@@ -56,4 +56,12 @@ class ALIGN(DualTowerModule):
             reduction=cfg.reduction,
             block_elements=cfg.chunk_elements,
         )
+        self._last_loss = loss.detach()
         return {"align": loss}
+
+    def scalars(self, outputs: dict[str, TowerOutput]) -> dict[str, torch.Tensor]:
+        """With ``reduction: sum`` the loss is L_i2t + L_t2i, twice CLIP's; ``loss/mean_form``
+        is (L_i2t + L_t2i) / 2, the value to compare with CLIP's loss."""
+        if self.method_cfg.reduction != "sum":
+            return {}
+        return {"loss/mean_form": self._last_loss / 2}

@@ -227,3 +227,19 @@ def test_metrics_and_losses_read_the_embedding_hook():
     assert torch.allclose(
         doubled.encode_texts(["a red circle"]), -plain.encode_texts(["a red circle"])
     )
+
+
+def test_align_sum_logs_its_mean_form_beside_it():
+    """ALIGN's summed loss is twice CLIP's; ``loss/mean_form`` is the comparable value: CLIP's
+    loss on the same embeddings (same weights, same batch)."""
+    from modules.align import ALIGN
+
+    align, clip = make(ALIGN, {"name": "align"}), make()
+    clip.load_state_dict(align.state_dict())
+    batch = batches(1)[0]
+    summed = align.losses(batch, align.encode(batch))["align"]
+    mean_form = align.scalars({})["loss/mean_form"]
+    assert torch.allclose(mean_form, clip.losses(batch, clip.encode(batch))["clip"])
+    assert torch.allclose(summed, 2 * mean_form)
+    averaged = make(ALIGN, {"name": "align", "reduction": "mean"})
+    assert averaged.scalars({}) == {}
