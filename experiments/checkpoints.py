@@ -27,6 +27,10 @@ from modules.base import load_checkpoint
 LAST = "last.ckpt"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: corrupt, of another experiment, or in use."""
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write to ``.<name>.tmp``, fsync, rename; load with ``weights_only=True``."""
 

@@ -1,26 +1,34 @@
 """Run an experiment: its stages in order, each trained, validated, tested and logged.
 
 A stage's result (final checkpoint + test metrics) is stored under
-``<output_dir>/<stage>-<config hash>/``. Stages before the last are reused from there when an
-identical stage (same resolved config and same upstream stages) has finished before, unless
-``rerun_stages=true``; the last stage is the experiment itself and always runs.
+``<output_dir>/<stage>-<config hash>/`` (a relative ``output_dir`` is under the checkout, like
+the MLflow store, so a run resumes from any working directory). Stages before the last are
+reused from there when an identical stage (same resolved config and same upstream stages) has
+finished before, unless ``rerun_stages=true``; the last stage is the experiment itself and
+always runs.
+
+Every run this creates ends FINISHED, FAILED or (SIGTERM, Ctrl+C) KILLED, whatever stops it.
 """
 
 from __future__ import annotations
 
 import modules.env  # noqa: F401  (before lightning)
 
+import getpass
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from callbacks.data_health import SkippedSamples
 from callbacks.evaluation import EmbeddingMetrics
@@ -34,7 +42,16 @@ from experiments.checkpoints import (
     RunState,
     resume_identity,
 )
-from experiments.config import Stage, config_hash, references
+from experiments.config import MODALITIES, REPO_ROOT, Stage, config_hash, references
+from experiments.run_page import (
+    EXPERIMENT_TAGS,
+    dataset_input,
+    description,
+    experiment_name,
+    headline,
+    run_name,
+    used_params,
+)
 from experiments.tracking import Tracker
 from modules.base import FitContext, load_checkpoint, module_from_checkpoint
 from modules.registry import DATAMODULES, METHODS, as_dataclass
@@ -56,6 +73,40 @@ class StageResult:
     cached: bool
     seconds: float
     url: str = ""  # where the run is in MLflow (a UI link for a server)
+    params: dict | None = None  # the params the stage's run shows
+
+
+class Interrupted(Exception):
+    """A stage stopped by SIGTERM or Ctrl+C; its run is marked KILLED. Says where the stage's
+    last checkpoint is (``resume=true`` continues from it), if one was written."""
+
+    def __init__(self, signal_name: str, stage: str, checkpoint: Path | None) -> None:
+        self.signal_name, self.stage, self.checkpoint = signal_name, stage, checkpoint
+        super().__init__(f"{signal_name} in stage {stage}")
+
+
+# Lightning turns SIGTERM into SIGTERMException (a SystemExit) at the next batch boundary and
+# Ctrl+C into SystemExit(1); run.py turns a SIGTERM outside the trainer into SIGTERMException
+INTERRUPTS = (KeyboardInterrupt, SystemExit)
+
+
+def signal_name(err: BaseException) -> str:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    return "SIGTERM" if isinstance(err, SIGTERMException) else "SIGINT"
+
+
+def end_status(err: BaseException | None) -> str:
+    """The MLflow status of a run that ended with ``err`` (None: it finished)."""
+    if err is None:
+        return "FINISHED"
+    return "KILLED" if isinstance(err, (*INTERRUPTS, Interrupted)) else "FAILED"
+
+
+def output_root(cfg: dict) -> Path:
+    """``output_dir``, a relative one under the checkout (where the MLflow store is too)."""
+    path = Path(cfg["output_dir"]).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
 
 
 def stage_hashes(stages: list[Stage]) -> dict[str, str]:
@@ -77,16 +128,52 @@ def _names(stage: Stage) -> tuple[str, str]:
     return stage.plain["method"]["name"], stage.plain["data"]["name"]
 
 
-def run_experiment(stages: list[Stage], tracker: Tracker | None = None) -> list[StageResult]:
+@dataclass
+class Invocation:
+    """How the experiment was started: the command line and its ``key=value`` overrides (they
+    name the runs and go into their descriptions)."""
+
+    overrides: list[str]
+    config: str = ""  # the YAML file
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        self.command = self.command or " ".join(["python", *sys.argv])
+
+    def tags(self) -> dict[str, str]:
+        """The runs table's Source and User columns: the YAML and who ran it."""
+        source = Path(self.config or sys.argv[0]).resolve()
+        if source.is_relative_to(REPO_ROOT):
+            source = source.relative_to(REPO_ROOT)
+        return {
+            "mlflow.source.name": str(source),
+            "mlflow.source.type": "LOCAL",
+            "mlflow.user": _user(),
+        }
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name (some containers)
+        return str(os.getuid())
+
+
+def run_experiment(
+    stages: list[Stage], tracker: Tracker | None = None, invocation: Invocation | None = None
+) -> list[StageResult]:
     """Train/reuse every stage in order; log them to MLflow (nested when there are several)."""
     final = stages[-1].plain
     hashes = stage_hashes(stages)
+    invocation = invocation or Invocation([])
     tracker = tracker or Tracker(
         final["logger"]["tracking_uri"],
-        final["logger"]["experiment_name"] or final["name"],
+        experiment_name(final),
         final["logger"]["fallback_to_local"],
     )
+    tracker.set_experiment_tags(EXPERIMENT_TAGS)
     parent_id = None
+    root = output_root(final)
     if len(stages) > 1:
         method, data = _names(stages[-1])
         tags = {
@@ -100,44 +187,58 @@ def run_experiment(stages: list[Stage], tracker: Tracker | None = None) -> list[
         if parent_id is not None:
             tracker.reopen(parent_id)
         else:
-            parent_id = tracker.start_run(f"{final['name']}-{data}-{hashes[stages[-1].name]}", tags)
+            name = run_name(final["name"], final["seed"], invocation.overrides, chain=True)
+            parent_id = tracker.start_run(name, {**tags, **invocation.tags()})
             if tracker.active:
-                tracker.log_artifact(parent_id, _write_yaml(stages, hashes))
+                tracker.log_artifact(parent_id, _write_yaml(stages, hashes, root))
+        parent_text = (invocation.command, invocation.overrides, hashes[stages[-1].name], root)
+        tracker.set_tags(parent_id, {"mlflow.note.content": description(*parent_text)})
     results: dict[str, StageResult] = {}
-    ok = False
+    error: BaseException | None = None
     try:
         for i, stage in enumerate(stages):
-            stage_dir = Path(stage.plain["output_dir"]) / f"{stage.name}-{hashes[stage.name]}"
+            stage_dir = output_root(stage.plain) / f"{stage.name}-{hashes[stage.name]}"
             # the last stage always runs, unless resuming an experiment it already finished
             last = i == len(stages) - 1
             reusable = (not last or stage.plain["resume"]) and not stage.plain["rerun_stages"]
             if reusable and (stage_dir / DONE).is_file():
-                results[stage.name] = _reuse(stage, stage_dir, tracker, parent_id)
+                results[stage.name] = _reuse(stage, stage_dir, tracker, parent_id, invocation)
             else:
                 results[stage.name] = _train(
-                    stage, hashes[stage.name], stage_dir, results, tracker, parent_id
+                    stage, hashes[stage.name], stage_dir, results, tracker, parent_id, invocation
                 )
-        ok = True
+    except BaseException as err:
+        error = err
+        raise
     finally:
         if parent_id is not None:
-            if ok:
-                metrics = results[stages[-1].name].metrics
-                tracker.log_metrics(
-                    parent_id, {k: v for k, v in metrics.items() if k.startswith("test/")}
-                )
-            tracker.finish(parent_id, ok)
+            if error is None:  # the chain shows its last stage's params and test results
+                result = results[stages[-1].name]
+                tested = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
+                tracker.log_params(parent_id, result.params or {})
+                tracker.log_metrics(parent_id, {**tested, **headline(tested)})
+                text = description(*parent_text, metrics=tested)
+                tracker.set_tags(parent_id, {"mlflow.note.content": text})
+            tracker.finish(parent_id, end_status(error))
     return list(results.values())
 
 
-def _write_yaml(stages: list[Stage], hashes: dict[str, str]) -> Path:
-    out = Path(stages[-1].plain["output_dir"]) / f"experiment-{hashes[stages[-1].name]}.yaml"
+def _write_yaml(stages: list[Stage], hashes: dict[str, str], root: Path) -> Path:
+    out = root / f"experiment-{hashes[stages[-1].name]}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump({"stages": {s.name: s.plain for s in stages}}, sort_keys=False))
     return out
 
 
-def _reuse(stage: Stage, stage_dir: Path, tracker: Tracker, parent_id: str | None) -> StageResult:
+def _reuse(
+    stage: Stage,
+    stage_dir: Path,
+    tracker: Tracker,
+    parent_id: str | None,
+    invocation: Invocation,
+) -> StageResult:
     saved = json.loads((stage_dir / DONE).read_text())
+    params = saved.get("params") or used_params(stage.plain, list(MODALITIES))
     if parent_id is not None and saved.get("run_id") in tracker.children(parent_id):
         # a resumed chain: this stage finished earlier under the same parent run
         log.info("stage %s: finished earlier in this run (%s)", stage.name, stage_dir)
@@ -150,6 +251,7 @@ def _reuse(stage: Stage, stage_dir: Path, tracker: Tracker, parent_id: str | Non
             True,
             0.0,
             tracker.run_url(saved["run_id"]),
+            params,
         )
     log.info(
         "stage %s: reusing the finished stage with config hash %s from %s "
@@ -159,8 +261,11 @@ def _reuse(stage: Stage, stage_dir: Path, tracker: Tracker, parent_id: str | Non
         stage_dir,
     )
     method, data = _names(stage)
+    name = run_name(
+        method, stage.plain["seed"], invocation.overrides, stage.name if parent_id else None
+    )
     run_id = tracker.start_run(
-        f"{stage.name}:{method}-{data}-{saved['hash']}",
+        name,
         {
             "alignlab.stage": stage.name,
             "alignlab.method": method,
@@ -168,11 +273,16 @@ def _reuse(stage: Stage, stage_dir: Path, tracker: Tracker, parent_id: str | Non
             "alignlab.config_hash": saved["hash"],
             "alignlab.cached": "true",
             "alignlab.source_run_id": str(saved.get("run_id")),
+            **invocation.tags(),
         },
         parent_id,
     )
-    tracker.log_params(run_id, stage.plain)
-    tracker.log_metrics(run_id, saved["metrics"])
+    tracker.log_params(run_id, params)
+    tracker.log_metrics(run_id, {**saved["metrics"], **headline(saved["metrics"])})
+    text = description(
+        invocation.command, invocation.overrides, saved["hash"], stage_dir, saved["metrics"]
+    )
+    tracker.set_tags(run_id, {"mlflow.note.content": f"Reused from {stage_dir}.\n\n{text}"})
     tracker.finish(run_id, True)
     return StageResult(
         stage.name,
@@ -183,6 +293,7 @@ def _reuse(stage: Stage, stage_dir: Path, tracker: Tracker, parent_id: str | Non
         True,
         0.0,
         tracker.run_url(run_id) if tracker.active else "",
+        params,
     )
 
 
@@ -251,6 +362,7 @@ def _train(
     results: dict[str, StageResult],
     tracker: Tracker,
     parent_id: str | None,
+    invocation: Invocation,
 ) -> StageResult:
     start = time.perf_counter()
     cfg = stage.plain
@@ -288,11 +400,6 @@ def _train(
     )
     module.prepare_fit(module.fit_log)
 
-    run_name = (
-        f"{stage.name}:{method}-{data_name}-{digest}"
-        if parent_id
-        else f"{method}-{data_name}-{digest}"
-    )
     last = stage_dir / LAST
     resume_from = last if cfg["resume"] and last.is_file() else None
     if resume_from is not None:
@@ -313,24 +420,104 @@ def _train(
             "alignlab.method": method,
             "alignlab.data": data_name,
             "alignlab.config_hash": digest,
+            "alignlab.stage_dir": str(stage_dir),
         }
         if parent_id:
             tags["alignlab.stage"] = stage.name
-        run_id = tracker.start_run(run_name, tags, parent_id)
-        tracker.log_params(run_id, cfg)
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        config_file = stage_dir / "config.yaml"
-        config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        tracker.log_artifact(run_id, config_file)
+        name = run_name(
+            method, cfg["seed"], invocation.overrides, stage.name if parent_id else None
+        )
+        run_id = tracker.start_run(name, {**tags, **invocation.tags()}, parent_id)
+    # from here on the run exists: whatever stops the stage, its run ends FAILED or KILLED
+    error: BaseException | None = None
+    try:
+        if resume_from is None:
+            _open_run(cfg, digest, stage_dir, datamodule, tracker, run_id, invocation)
+        metrics, best = _fit(
+            cfg, method, digest, stage, stage_dir, datamodule, module, tracker, run_id, resume_from
+        )
+        if tracker.active:
+            tracker.log_metrics(run_id, headline(metrics))
+            text = description(
+                invocation.command, invocation.overrides, digest, stage_dir, metrics, best
+            )
+            tracker.set_tags(run_id, {"mlflow.note.content": text})
+    except BaseException as err:
+        error = err
+        if isinstance(err, INTERRUPTS):
+            saved = last if last.is_file() else None
+            raise Interrupted(signal_name(err), stage.name, saved) from err
+        raise
+    finally:
+        tracker.finish(run_id, end_status(error))
+    params = used_params(cfg, list(datamodule.modalities))
+    if rank_zero_only.rank == 0:
+        result = {
+            "hash": digest,
+            "run_id": run_id,
+            "metrics": metrics,
+            "stage": stage.name,
+            "params": params,
+        }
+        tmp = stage_dir / f".{DONE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, stage_dir / DONE)
+        last.unlink(missing_ok=True)  # finished: model.ckpt supersedes it
+    seconds = time.perf_counter() - start
+    url = tracker.run_url(run_id) if tracker.active else ""
+    return StageResult(
+        stage.name, digest, stage_dir / "model.ckpt", metrics, run_id, False, seconds, url, params
+    )
+
+
+def _open_run(
+    cfg: dict,
+    digest: str,
+    stage_dir: Path,
+    datamodule: L.LightningDataModule,
+    tracker: Tracker,
+    run_id: str | None,
+    invocation: Invocation,
+) -> None:
+    """A new stage run's params, data, description and resolved config."""
+    tracker.log_params(run_id, used_params(cfg, list(datamodule.modalities)))
+    sizes = {}
+    for split in ("train", "val", "test"):
+        try:
+            sizes[split] = datamodule.num_items(split)
+        except (KeyError, NotImplementedError, TypeError, AttributeError):
+            continue  # a split the data does not count (e.g. streamed shards)
+    tracker.log_inputs(run_id, [dataset_input(cfg["data"], sizes)])
+    text = description(invocation.command, invocation.overrides, digest, stage_dir)
+    tracker.set_tags(run_id, {"mlflow.note.content": text})
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    config_file = stage_dir / "config.yaml"
+    config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    tracker.log_artifact(run_id, config_file)
+
+
+def _fit(
+    cfg: dict,
+    method: str,
+    digest: str,
+    stage: Stage,
+    stage_dir: Path,
+    datamodule: L.LightningDataModule,
+    module: L.LightningModule,
+    tracker: Tracker,
+    run_id: str | None,
+    resume_from: Path | None,
+) -> tuple[dict[str, float], tuple[int, str, float] | None]:
+    """Train, test and save a stage; its test metrics and best checkpoint (epoch, monitor,
+    score)."""
     log.info(
         "stage %s: %s on %s, config hash %s, MLflow %s",
         stage.name,
         method,
-        data_name,
+        cfg["data"]["name"],
         digest,
         tracker.run_url(run_id),
     )
-
     trainer_cfg = {k: v for k, v in cfg["trainer"].items() if v is not None}
     if not module.automatic_optimization:  # the module clips in its own (manual) step
         module.gradient_clip_val = trainer_cfg.pop("gradient_clip_val", None)
@@ -377,31 +564,24 @@ def _train(
         enable_model_summary=False,
         use_distributed_sampler=False,  # the datamodule shards global batches itself
     )
-    ok = False
-    try:
-        trainer.fit(
-            module,
-            datamodule=datamodule,
-            ckpt_path=str(resume_from) if resume_from else None,
-            weights_only=True,
-        )
-        tested = trainer.test(module, datamodule=datamodule, verbose=False)
-        trainer.save_checkpoint(str(stage_dir / "model.ckpt"))
-        trainer.strategy.barrier("checkpoint-saved")  # later stages on other ranks read it
-        saved = Path(best.best_model_path or stage_dir / "model.ckpt")
-        tracker.log_artifact(run_id, saved, "checkpoints")
-        ok = True
-    finally:
-        tracker.finish(run_id, ok)
-    metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
-    if trainer.is_global_zero:
-        result = {"hash": digest, "run_id": run_id, "metrics": metrics, "stage": stage.name}
-        tmp = stage_dir / f".{DONE}.tmp"
-        tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
-        os.replace(tmp, stage_dir / DONE)
-        last.unlink(missing_ok=True)  # finished: model.ckpt supersedes it
-    seconds = time.perf_counter() - start
-    url = tracker.run_url(run_id) if tracker.active else ""
-    return StageResult(
-        stage.name, digest, stage_dir / "model.ckpt", metrics, run_id, False, seconds, url
+    trainer.fit(
+        module,
+        datamodule=datamodule,
+        ckpt_path=str(resume_from) if resume_from else None,
+        weights_only=True,
     )
+    tested = trainer.test(module, datamodule=datamodule, verbose=False)
+    trainer.save_checkpoint(str(stage_dir / "model.ckpt"))
+    trainer.strategy.barrier("checkpoint-saved")  # later stages on other ranks read it
+    saved = Path(best.best_model_path or stage_dir / "model.ckpt")
+    tracker.log_artifact(run_id, saved, "checkpoints")
+    metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+    return metrics, _best(best)
+
+
+def _best(best: ModelCheckpoint) -> tuple[int, str, float] | None:
+    """The best checkpoint's epoch, monitored metric and score (None without a monitor)."""
+    if not best.best_model_path or best.best_model_score is None:
+        return None
+    epoch = torch.load(best.best_model_path, mmap=True, weights_only=True)["epoch"]
+    return int(epoch), str(best.monitor), float(best.best_model_score)

@@ -169,15 +169,34 @@ class Tracker:
         for start in range(0, len(rows), 500):
             self.client.log_batch(run_id, metrics=rows[start : start + 500])
 
+    def set_tags(self, run_id: str | None, tags: dict[str, str]) -> None:
+        if not self.active or run_id is None:
+            return
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+
+    def set_experiment_tags(self, tags: dict[str, str]) -> None:
+        if not self.active:
+            return
+        for key, value in tags.items():
+            self.client.set_experiment_tag(self.experiment_id, key, value)
+
+    def log_inputs(self, run_id: str | None, datasets: list) -> None:
+        if not self.active or run_id is None:
+            return
+        self.client.log_inputs(run_id, datasets)
+
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         if not self.active:
             return
         self.client.log_artifact(run_id, str(path), folder)
 
-    def finish(self, run_id: str, ok: bool) -> None:
+    def finish(self, run_id: str, status: bool | str) -> None:
         if not self.active:
             return
-        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+        if isinstance(status, bool):
+            status = "FINISHED" if status else "FAILED"
+        self.client.set_terminated(run_id, status)
 
     def find_unfinished(self, tags: dict[str, str]) -> str | None:
         """The newest run of the experiment with all ``tags`` that did not finish (a killed or

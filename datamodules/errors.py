@@ -1,0 +1,11 @@
+"""Errors in the user's data files, found while a datamodule sets up or reads.
+
+``run.py`` reports a :class:`DataError` as one line (``data error: ...``) and exits 2, like a
+configuration error: the message names the file (and line) and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """A data file that is missing, unreadable or malformed."""

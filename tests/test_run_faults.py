@@ -1,0 +1,165 @@
+"""How a run ends when something stops it: SIGTERM (exit 143, run KILLED, a resume command),
+a failure after its MLflow run exists (run FAILED), and resuming from another directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from mlflow.tracking import MlflowClient
+
+import experiments.stages as stages_module
+from experiments.config import REPO_ROOT, load_experiment
+from experiments.stages import Interrupted, Invocation, run_experiment
+from tests.test_resume import TINY
+
+RUN = REPO_ROOT / "experiments" / "run.py"
+
+
+def runs_of(store: Path, experiment: str) -> list:
+    client = MlflowClient(f"sqlite:///{store}")
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id]) if found else []
+
+
+def test_sigterm_exits_143_marks_the_run_killed_and_resumes_from_another_directory(tmp_path):
+    """SIGTERM mid-training: exit 143, one line naming the checkpoint and the resume command,
+    the run KILLED. The same command with resume=true, started from another working directory
+    with the same relative output_dir, continues that run to FINISHED."""
+    relative = f"outputs/pytest-sigterm-{uuid.uuid4().hex[:8]}"
+    store = tmp_path / "mlflow.db"
+    args = [
+        str(RUN),
+        str(REPO_ROOT / "experiments" / "clip.yaml"),
+        *[o for o in TINY if not o.startswith("trainer.max_epochs")],
+        "trainer.max_epochs=40",
+        "checkpoint_every_n_steps=2",
+        f"output_dir={relative}",
+        f"logger.tracking_uri=sqlite:///{store}",
+        "logger.experiment_name=sigterm",
+    ]
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=first,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 120
+        while not list((REPO_ROOT / relative).glob("main-*/last.ckpt")):
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143, err[-2000:]
+        (line,) = [x for x in err.splitlines() if x.startswith("stopped by SIGTERM")]
+        assert "run marked KILLED" in line and "last checkpoint" in line
+        assert line.endswith("resume=true`")
+        assert not (first / "outputs").exists()  # outputs are under the checkout
+        (run,) = runs_of(store, "sigterm")
+        assert run.info.status == "KILLED"
+
+        resumed = subprocess.run(
+            [sys.executable, *args, "resume=true"],
+            cwd=second,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert "resuming from" in resumed.stderr
+        (again,) = runs_of(store, "sigterm")
+        assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    finally:
+        shutil.rmtree(REPO_ROOT / relative, ignore_errors=True)
+
+
+def test_sigterm_outside_the_trainer_stops_through_the_same_path(tmp_path, monkeypatch):
+    """SIGTERM while the data is prepared (no trainer yet): run.py's handler raises Lightning's
+    SIGTERMException, so the run that exists is marked KILLED and the stage says so."""
+    from experiments import run as run_script
+
+    previous = signal.signal(signal.SIGTERM, run_script._terminate)
+    try:
+
+        def terminated(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+
+        monkeypatch.setattr(stages_module, "_open_run", terminated)
+        stages = load_experiment(
+            REPO_ROOT / "experiments" / "clip.yaml",
+            [
+                *TINY,
+                f"output_dir={tmp_path / 'out'}",
+                f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                "logger.experiment_name=early",
+            ],
+        )
+        with pytest.raises(Interrupted) as stopped:
+            run_experiment(stages, invocation=Invocation([]))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.value.signal_name == "SIGTERM" and stopped.value.checkpoint is None
+    assert isinstance(stopped.value.__cause__, SIGTERMException)
+    (run,) = runs_of(tmp_path / "mlflow.db", "early")
+    assert run.info.status == "KILLED"
+    message = run_script.interrupted_message(stopped.value, ["experiments/clip.yaml"])
+    assert "before its first checkpoint" in message
+
+
+def test_a_failure_after_the_run_exists_marks_it_failed(tmp_path):
+    """An output_dir that cannot be created (here: under a file; chmod does not bind root)
+    fails after the MLflow run was created: the run ends FAILED, not RUNNING."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    stages = load_experiment(
+        REPO_ROOT / "experiments" / "clip.yaml",
+        [
+            *TINY,
+            f"output_dir={blocker / 'out'}",
+            f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "logger.experiment_name=failed",
+        ],
+    )
+    with pytest.raises(OSError):
+        run_experiment(stages)
+    (run,) = runs_of(tmp_path / "mlflow.db", "failed")
+    assert run.info.status == "FAILED"
+
+
+def test_a_chain_interrupted_in_a_later_stage_marks_parent_and_stage_killed(tmp_path, monkeypatch):
+    """Ctrl+C (Lightning's SystemExit(1)) in the second stage: stage run and parent run KILLED,
+    the finished first stage FINISHED."""
+    from tests.test_experiments import tiny
+
+    real_fit = stages_module._fit
+    calls = []
+
+    def fit_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise SystemExit(1)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(stages_module, "_fit", fit_then_interrupt)
+    overrides = tiny(tmp_path, "logger.experiment_name=chain")
+    stages = load_experiment(REPO_ROOT / "experiments" / "hycd.yaml", overrides)
+    with pytest.raises(Interrupted) as stopped:
+        run_experiment(stages)
+    assert stopped.value.signal_name == "SIGINT" and stopped.value.stage == "refine"
+    runs = runs_of(tmp_path / "mlflow.db", "chain")
+    status = {r.data.tags.get("alignlab.stage", "parent"): r.info.status for r in runs}
+    assert status == {"parent": "KILLED", "pretrain": "FINISHED", "refine": "KILLED"}
