@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from datamodules.config import SourceDataConfig
+from datamodules.errors import DataError
 from datamodules.formats.lrs import MOUTH_BOX
 from datamodules.media import log_mel
 from datamodules.pairs import PairDataModule, PairDataset
@@ -277,7 +278,7 @@ class AudioVisualDataModule(PairDataModule):
         data = self.source.split(split)
         captions, speaker = data.captions, data.speaker
         if self.cfg.distractor == "other" and len(np.unique(speaker)) < 2:
-            raise ValueError(f"{split} split has one speaker; distractors need at least two")
+            raise DataError(f"{split} split has one speaker; distractors need at least two")
         words = word_ids(captions.all_texts(), vocab, self.cfg.max_words)
         fixed = None if train else eval_draws(len(speaker), speaker, words, self.cfg, split)
         transform = ClipTransform(self.cfg.augment.train if train else self.cfg.augment.eval)

@@ -9,3 +9,8 @@ from __future__ import annotations
 
 class DataError(ValueError):
     """A data file that is missing, unreadable or malformed."""
+
+
+class DataFileMissing(DataError, FileNotFoundError):
+    """A data file or folder the data config or a manifest names is not there; still a
+    ``FileNotFoundError``, so a missing image at read time is skipped like any bad file."""

@@ -15,16 +15,53 @@ import numpy as np
 import torch
 from PIL import Image
 
+from datamodules.errors import DataError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class MediaError(ValueError):
+class MediaError(DataError):
     """A media file that is missing, unreadable or has no usable stream."""
 
 
 #: What PIL raises for a file that is not a readable image: OSError for most broken or truncated
 #: data, SyntaxError or ValueError for some corruptions, DecompressionBombError when oversized.
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+#: Integer modes wider than 8 bits: PIL's 16-bit modes and 32-bit ``I`` (how PIL opens many
+#: 16-bit PNG and TIFF files).
+WIDE_INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _gray8(values: np.ndarray) -> Image.Image:
+    """Pixel values in 0..255 (float) as a mode ``L`` image."""
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    """Float pixels mapped linearly from their finite min..max to 0..255 (a constant image to 0;
+    NaN to the minimum, infinities to the nearest end)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0 or finite.min() == finite.max():
+        return np.zeros_like(values)
+    lo, hi = finite.min(), finite.max()
+    return (np.clip(np.nan_to_num(values, nan=lo), lo, hi) - lo) * (255 / (hi - lo))
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """``image`` with 8-bit pixels, for ``convert("RGB")`` / ``convert("L")``, which clip rather
+    than scale (a 16-bit scan would turn all white, a float one all black).
+
+    Integer images are scaled by their bit depth (16 bits; ``I`` with values beyond 65535 by
+    its maximum, negatives to 0), float ones (``F``) by their own min..max. Other modes (8-bit
+    ``L``, ``RGB``, ``P``, ...) are returned as they are, the same object."""
+    if image.mode == "F":
+        return _gray8(_stretch(np.asarray(image, dtype=np.float64)))
+    if image.mode in WIDE_INTEGER_MODES:
+        values = np.clip(np.asarray(image).astype(np.float64), 0, None)
+        return _gray8(values * (255 / max(65535.0, float(values.max(initial=0)))))
+    return image
 
 
 def uniform_positions(total: int, count: int) -> np.ndarray:
@@ -37,7 +74,7 @@ def uniform_positions(total: int, count: int) -> np.ndarray:
 
 def _resize(image: Image.Image, size: int, grayscale: bool) -> np.ndarray:
     """The whole picture resized to ``size`` x ``size`` as HWC uint8 (C = 1 or 3)."""
-    image = image.convert("L" if grayscale else "RGB")
+    image = to_8bit(image).convert("L" if grayscale else "RGB")
     array = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
     return array[..., None] if grayscale else array
 

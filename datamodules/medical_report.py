@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from datamodules.config import SourceDataConfig
+from datamodules.errors import DataError
 from datamodules.formats.reports import (
     PREAMBLE,
     SECTION_ALIASES,
@@ -156,7 +157,7 @@ class MedicalReportDataModule(PairDataModule):
         texts = [select_sections(parse_report(r), self.cfg.sections) for r in data.reports]
         for key, text in zip(data.keys, texts, strict=True):
             if not text:
-                raise ValueError(
+                raise DataError(
                     f"{self.cfg.format} {split} study {key}: the report has no text "
                     f"in sections {self.cfg.sections} (nor findings, impression or preamble)"
                 )

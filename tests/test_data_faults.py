@@ -21,6 +21,8 @@ from callbacks.data_health import DataQualityError, SkippedSamples
 from callbacks.evaluation import EmbeddingMetrics
 from datamodules import ImageTextDataConfig, ImageTextDataModule
 from datamodules.audio_visual import AudioVisualDataConfig, AudioVisualDataModule
+from datamodules.errors import DataError, DataFileMissing
+from datamodules.formats import read_video_csv
 from datamodules.media import MediaError
 from datamodules.medical_report import MedicalReportDataConfig, MedicalReportDataModule
 from datamodules.pairs import PairDataset, TokenizeCollate
@@ -33,6 +35,8 @@ from tests.tiny_modules import setup_with_words, tiny_module
 
 # items of the JSONL fixture, in order: 2 is not an image, 3 is missing
 FILES = ["0.png", "1.png", "bad.png", "gone.png", "4.png", "5.png", "6.png", "7.png"]
+#: Every split's COCO image folder (data.format coco needs them all).
+COCO_IMAGES = {f"{split}_images": "img" for split in ("train", "val", "test")}
 WORDS = ["red", "green", "blue", "grey", "cyan", "pink", "teal", "gold"]
 
 
@@ -221,6 +225,7 @@ def test_callback_counts_reduced_values_logs_and_stops_past_the_threshold():
     callback.on_validation_batch_end(_trainer(0.2, sanity=True), module, None, _batch(4, 4), 0)
     assert callback.seen["val"] == 0 and module.logged == []  # sanity checks are not counted
     callback.on_train_batch_end(trainer, module, None, _batch(4, 0), 0)
+    assert module.logged == []  # nothing skipped yet: no flat zero curve
     callback.on_train_batch_end(trainer, module, None, _batch(4, 1), 1)  # 2 of 16: under 20%
     callback.on_validation_batch_end(trainer, module, None, _batch(4, 0), 0)
     callback.on_train_epoch_end(trainer, module)
@@ -228,10 +233,10 @@ def test_callback_counts_reduced_values_logs_and_stops_past_the_threshold():
     assert callback.seen == {"train": 16, "val": 8, "test": 0}
     assert callback.skipped == {"train": 2, "val": 0, "test": 0}
     assert callback.examples["train"] == ["f0.png: broken"]
-    assert [value for _, value, _ in module.logged] == [0.0, 2.0, 2.0]  # all stages so far
+    assert [value for _, value, _ in module.logged] == [2.0, 2.0]  # all stages so far
     assert {name for name, _, _ in module.logged} == {"data/skipped"}
-    assert module.logged[0][2] == {"on_step": True, "on_epoch": False}
-    assert module.logged[2][2] == {"on_step": False, "on_epoch": True, "reduce_fx": "max"}
+    assert module.logged[0][2] == {"on_step": True, "on_epoch": False}  # the train batch
+    assert module.logged[1][2] == {"on_step": False, "on_epoch": True, "reduce_fx": "max"}
     with pytest.raises(DataQualityError, match="4 of 16 val samples"):  # 25% > 20%
         callback.on_validation_batch_end(trainer, module, None, _batch(4, 2), 1)
 
@@ -336,12 +341,12 @@ def test_image_text_missing_root_and_manifest_fail_at_setup(tmp_path):
         (_jsonl_config(tmp_path / "nowhere"), f"data root {tmp_path / 'nowhere'} not found"),
         (_jsonl_config(tmp_path), f"JSONL manifest {tmp_path / 'val.jsonl'} not found"),
         (
-            ImageTextDataConfig(format="coco", root=str(tmp_path)),
+            ImageTextDataConfig(format="coco", root=str(tmp_path), **COCO_IMAGES),
             f"COCO annotation file {tmp_path / 'annotations' / 'captions_val.json'} not found",
         ),
     ]
     for cfg, message in cases:
-        with pytest.raises(FileNotFoundError, match=f"^{re.escape(message)}$"):
+        with pytest.raises(DataFileMissing, match=f"^{re.escape(message)}$"):
             ImageTextDataModule(cfg, tokenizer=_tokenizer()).setup("validate")
 
 
@@ -364,11 +369,35 @@ def test_other_formats_name_a_missing_root_or_manifest(tmp_path, module, cfg, mi
         "iu_xray": "IU-Xray annotation file {}/annotation.json not found",
     }
     gone = re.escape(f"data root {tmp_path / 'gone'} not found")
-    with pytest.raises(FileNotFoundError, match=f"^{gone}$"):
+    with pytest.raises(DataFileMissing, match=f"^{gone}$"):
         module(cfg(root=str(tmp_path / "gone"), **missing), tokenizer=_tokenizer()).setup("test")
     expected = re.escape(manifests[missing["format"]].format(tmp_path))
-    with pytest.raises(FileNotFoundError, match=rf"^{expected}$"):
+    with pytest.raises(DataFileMissing, match=rf"^{expected}$"):
         module(cfg(root=str(tmp_path), **missing), tokenizer=_tokenizer()).setup("validate")
+
+
+def test_bad_data_files_are_data_errors_naming_the_place(tmp_path):
+    """run.py reports a DataError as one line (``data error: ...``, exit 2): a malformed
+    manifest line, a missing file and an unreadable media file are all of them; a missing
+    file is still a FileNotFoundError (skipped at read time like any bad file)."""
+    assert issubclass(MediaError, DataError) and issubclass(DataFileMissing, FileNotFoundError)
+    (tmp_path / "clip").mkdir()
+    manifest = tmp_path / "val.csv"
+    manifest.write_text("video,caption\nclip,a clip\n,no video\n")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(manifest))}:3: missing 'video'$"):
+        read_video_csv(manifest, tmp_path)
+    manifest.write_text("video,caption\ngone,a clip\n")
+    with pytest.raises(DataFileMissing, match=r"val\.csv: line 2: video 'gone' not found"):
+        read_video_csv(manifest, tmp_path)
+
+
+def test_csv_manifest_may_start_with_a_utf8_bom(tmp_path):
+    """A byte order mark (spreadsheet exports) is not part of the first column's name."""
+    (tmp_path / "clip").mkdir()
+    manifest = tmp_path / "val.csv"
+    manifest.write_bytes(b"\xef\xbb\xbfvideo,caption\nclip,a clip\n")
+    files = read_video_csv(manifest, tmp_path)
+    assert files.path(0) == str(tmp_path / "clip") and files.captions.all_texts() == ["a clip"]
 
 
 def test_max_skipped_fraction_is_validated():

@@ -8,6 +8,7 @@ import pickle
 import re
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,9 @@ from PIL import Image
 from datamodules import ImageTextDataConfig, ImageTextDataModule
 from datamodules.embedded import shapes
 from datamodules.embedded.shapes import COLORS, SHAPES, ShapesConfig, generate_split
+from datamodules.errors import DataError, DataFileMissing
 from datamodules.samplers import SiblingShuffle
+from experiments.config import ConfigError, load_experiment
 from modules.registry import DATAMODULES
 from modules.towers.tokenizer import split_words
 from tests.tiny_modules import setup_with_words
@@ -316,6 +319,8 @@ def test_dataset_pickles_small(dm):
 
 # ------------------------------------------------------------------ real formats
 
+#: Every split's COCO image folder (data.format coco needs them all).
+COCO_IMAGES = {f"{split}_images": "img" for split in ("train", "val", "test")}
 COLOR_FILES = {"a.png": (255, 0, 0), "b.png": (0, 255, 0), "sub/c.png": (0, 0, 255)}
 
 
@@ -365,18 +370,18 @@ def test_jsonl_errors_name_the_place(tmp_path):
     _write_images(tmp_path)
     bad = tmp_path / "bad.jsonl"
     _jsonl(bad, [{"image": "a.png", "captions": ["ok"]}, "", '{"image": "b.png", "captions": [}'])
-    with pytest.raises(ValueError, match=r"bad\.jsonl:3: invalid JSON"):
+    with pytest.raises(DataError, match=r"bad\.jsonl:3: invalid JSON"):
         read_jsonl(bad, tmp_path)
     _jsonl(bad, [{"image": "a.png", "captions": []}])
-    with pytest.raises(ValueError, match=r"bad\.jsonl:1: 'captions'"):
+    with pytest.raises(DataError, match=r"bad\.jsonl:1: 'captions'"):
         read_jsonl(bad, tmp_path)
     _jsonl(bad, [{"captions": ["x"]}])
-    with pytest.raises(ValueError, match=r"bad\.jsonl:1: expected"):
+    with pytest.raises(DataError, match=r"bad\.jsonl:1: expected"):
         read_jsonl(bad, tmp_path)
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    with pytest.raises(DataFileMissing, match="nope.jsonl"):
         read_jsonl(tmp_path / "nope.jsonl", tmp_path)
     cfg = ImageTextDataConfig(format="jsonl", root=str(tmp_path / "missing"))
-    with pytest.raises(FileNotFoundError, match="missing"):
+    with pytest.raises(DataFileMissing, match="missing"):
         ImageTextDataModule(cfg, tokenizer=_tokenizer()).setup("validate")
     _jsonl(tmp_path / "val.jsonl", [{"image": "gone.png", "captions": ["x"]}])
     dm = ImageTextDataModule(replace(cfg, root=str(tmp_path)), tokenizer=_tokenizer())
@@ -403,7 +408,7 @@ def test_coco_reader(tmp_path):
     }
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "captions_test.json").write_text(json.dumps(ann))
-    cfg = ImageTextDataConfig(format="coco", root=str(tmp_path), test_images="img", image_size=8)
+    cfg = ImageTextDataConfig(format="coco", root=str(tmp_path), **COCO_IMAGES, image_size=8)
     dm = ImageTextDataModule(cfg, tokenizer=_tokenizer())
     setup_with_words(dm, "test")
     ds = dm.datasets["test"]
@@ -415,13 +420,45 @@ def test_coco_reader(tmp_path):
     ann["annotations"].append({"image_id": 77, "caption": "orphan"})
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(ann))
-    with pytest.raises(ValueError, match=r"bad\.json: annotations\[3\] refers to unknown"):
+    with pytest.raises(DataError, match=r"bad\.json: annotations\[3\] refers to unknown"):
         read_coco(bad, tmp_path)
     bad.write_text('{"images": [')
-    with pytest.raises(ValueError, match=r"bad\.json:1: invalid JSON"):
+    with pytest.raises(DataError, match=r"bad\.json:1: invalid JSON"):
         read_coco(bad, tmp_path)
-    with pytest.raises(FileNotFoundError, match="captions_val.json"):
+    with pytest.raises(DataFileMissing, match="captions_val.json"):
         setup_with_words(dm, "validate")
+
+
+def test_coco_needs_every_split_image_folder(tmp_path):
+    """COCO's file names hold no folder: an unset one is a one-line config error, not a run
+    whose every image is missing."""
+    message = (
+        "data.val_images, data.test_images: data.format coco needs each split's image folder, "
+        "relative to data.root ('.' for data.root itself)"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        ImageTextDataConfig(format="coco", root=str(tmp_path), train_images="train2017")
+    overrides = ["data.format=coco", f"data.root={tmp_path}", "data.train_images=train2017"]
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        load_experiment(Path(__file__).parents[1] / "experiments" / "clip.yaml", overrides)
+    everywhere = {f"{split}_images": "." for split in ("train", "val", "test")}
+    assert ImageTextDataConfig(format="coco", root=str(tmp_path), **everywhere).val_images == "."
+
+
+def test_manifests_may_start_with_a_utf8_bom(tmp_path):
+    """A byte order mark (Windows editors, spreadsheet exports) before the first JSONL line or
+    the COCO JSON is not part of the data."""
+    from datamodules.formats import read_coco, read_jsonl
+
+    bom = b"\xef\xbb\xbf"
+    jsonl = tmp_path / "val.jsonl"
+    jsonl.write_bytes(bom + b'{"image": "a.png", "caption": "red"}\n')
+    assert read_jsonl(jsonl, tmp_path / "img").captions.all_texts() == ["red"]
+    coco = tmp_path / "captions.json"
+    ann = {"images": [{"id": 1, "file_name": "a.png"}], "annotations": []}
+    ann["annotations"].append({"image_id": 1, "caption": "red"})
+    coco.write_bytes(bom + json.dumps(ann).encode())
+    assert read_coco(coco, tmp_path / "img").captions.all_texts() == ["red"]
 
 
 def _tokenizer():

@@ -17,6 +17,7 @@ from PIL import Image
 
 from datamodules.embedded import chest
 from datamodules.embedded.chest import FINDINGS, ChestConfig, generate_split
+from datamodules.errors import DataError, DataFileMissing
 from datamodules.formats.reports import parse_report, select_sections
 from datamodules.media import MediaError
 from datamodules.medical_report import MedicalReportDataConfig, MedicalReportDataModule
@@ -466,30 +467,42 @@ def test_mimic_cxr_errors_name_the_file(mimic):
     chexpert = mimic / "mimic-cxr-2.0.0-chexpert.csv"
     text = chexpert.read_text()
     chexpert.write_text(text.replace("-1.0", "2.0"))
-    with pytest.raises(ValueError, match=r"mimic-cxr-2\.0\.0-chexpert\.csv:2: 'Lung Opacity'"):
+    with pytest.raises(DataError, match=r"mimic-cxr-2\.0\.0-chexpert\.csv:2: 'Lung Opacity'"):
         read_mimic_cxr(mimic, "train")
     chexpert.unlink()  # optional: all labels unknown
     assert (read_mimic_cxr(mimic, "train").labels["cardiomegaly"] == -1).all()
     meta = mimic / "mimic-cxr-2.0.0-metadata.csv"
     rows = meta.read_text().splitlines()
     meta.write_text("\n".join(rows[:3] + ["dx,abc,1,PA"] + rows[3:]))
-    with pytest.raises(ValueError, match=r"metadata\.csv:4: subject_id must be an integer"):
+    with pytest.raises(DataError, match=r"metadata\.csv:4: subject_id must be an integer"):
         read_mimic_cxr(mimic, "train")
     meta.write_text("\n".join(rows))
     missing = mimic / "files/p10/p10000032/s53189527/dap.jpg"
     missing.unlink()
-    with pytest.raises(FileNotFoundError, match=r"dap\.jpg \(listed at .*metadata\.csv:4\)"):
+    with pytest.raises(DataFileMissing, match=r"dap\.jpg \(listed at .*metadata\.csv:4\)"):
         read_mimic_cxr(mimic, "train")
     missing.write_bytes(b"")
     report = mimic / "files/p10/p10000032/s50414267.txt"
     report.unlink()
-    with pytest.raises(FileNotFoundError, match=r"s50414267\.txt \(study listed at .*metadata"):
+    with pytest.raises(DataFileMissing, match=r"s50414267\.txt \(study listed at .*metadata"):
         read_mimic_cxr(mimic, "train")
     report.write_text(MIMIC_REPORT)
     (mimic / "mimic-cxr-2.0.0-split.csv").unlink()  # optional: split by subject_id % 50
     assert len(read_mimic_cxr(mimic, "train").keys) == 4  # no subject id ends in 00, 01, 50, 51
-    with pytest.raises(ValueError, match=r"metadata\.csv: no study in split 'val'"):
+    with pytest.raises(DataError, match=r"metadata\.csv: no study in split 'val'"):
         read_mimic_cxr(mimic, "val")
+
+
+def test_mimic_cxr_csv_files_may_start_with_a_utf8_bom(mimic):
+    """Spreadsheet exports start CSV files with a byte order mark; the first column still reads."""
+    from datamodules.formats import read_mimic_cxr
+
+    for name in ("metadata", "split", "chexpert"):
+        path = mimic / f"mimic-cxr-2.0.0-{name}.csv"
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    studies = read_mimic_cxr(mimic, "train")
+    assert [k.decode() for k in studies.keys] == ["p10000032/s50414267", "p10000032/s53189527"]
+    assert studies.labels["cardiomegaly"].tolist() == [1, -1]
 
 
 def _iu(tmp_path, entries):
@@ -522,11 +535,11 @@ def test_iu_xray_reader_and_errors(tmp_path):
 
     bad = {"train": [entry("CXR1", ["CXR1/0.png"]), {"id": "CXR9", "report": report}]}
     _iu(tmp_path, bad)
-    with pytest.raises(ValueError, match=r"annotation\.json: train\[1\]: 'image_path'"):
+    with pytest.raises(DataError, match=r"annotation\.json: train\[1\]: 'image_path'"):
         read_iu_xray(tmp_path / "annotation.json", tmp_path / "images", "train")
     _iu(tmp_path, {"train": [entry("CXR1", ["CXR1/0.png", "CXR1/7.png"])]})
     with pytest.raises(
-        FileNotFoundError, match=r"CXR1/7\.png \(listed at .*annotation\.json: train\[0\]\)"
+        DataFileMissing, match=r"CXR1/7\.png \(listed at .*annotation\.json: train\[0\]\)"
     ):
         read_iu_xray(tmp_path / "annotation.json", tmp_path / "images", "train")
     (tmp_path / "images" / "CXR1" / "0.png").write_bytes(b"not a png")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from datamodules.errors import DataError
 from datamodules.formats.jsonl import LabelReader
 from datamodules.formats.manifest import read_json
 from datamodules.storage import Captions, FileCaptions, pack_strings
@@ -28,7 +29,7 @@ def _category_names(data: dict, annotations: Path) -> dict[int, str]:
             and isinstance(category.get("name"), str)
             and category["name"].strip()
         ):
-            raise ValueError(f"{annotations}: categories[{n}] needs an integer 'id' and a 'name'")
+            raise DataError(f"{annotations}: categories[{n}] needs an integer 'id' and a 'name'")
         names[category["id"]] = category["name"]
     return names
 
@@ -39,14 +40,14 @@ def _named(record: dict[str, Any], names: dict[int, str], place: str) -> dict[st
     if not names or not isinstance(category, int) or isinstance(category, bool):
         return record
     if category not in names:
-        raise ValueError(f"{place}: category_id {category} is not in 'categories'")
+        raise DataError(f"{place}: category_id {category} is not in 'categories'")
     return {**record, "category_id": names[category]}
 
 
 def read_coco(
     annotations: str | Path, image_dir: str | Path, labels: LabelReader | None = None
 ) -> FileCaptions:
-    """``ValueError`` names the file and the entry (``images[i]``, ``annotations[i]``).
+    """:class:`DataError` names the file and the entry (``images[i]``, ``annotations[i]``).
     ``labels`` collects the items' label fields, keyed by the item keys (``FileCaptions.keys``:
     the image ids as strings)."""
     annotations, image_dir = Path(annotations), Path(image_dir)
@@ -54,28 +55,28 @@ def read_coco(
     if not isinstance(data, dict) or not all(
         isinstance(data.get(k), list) for k in ("images", "annotations")
     ):
-        raise ValueError(f"{annotations}: expected lists 'images' and 'annotations'")
+        raise DataError(f"{annotations}: expected lists 'images' and 'annotations'")
     files: dict[int | str, str] = {}
     for n, image in enumerate(data["images"]):
         if not isinstance(image, dict) or not isinstance(image.get("file_name"), str):
-            raise ValueError(f"{annotations}: images[{n}] needs a 'file_name' string")
+            raise DataError(f"{annotations}: images[{n}] needs a 'file_name' string")
         if not isinstance(image.get("id"), int | str) or image["id"] in files:
-            raise ValueError(f"{annotations}: images[{n}] has a missing or repeated 'id'")
+            raise DataError(f"{annotations}: images[{n}] has a missing or repeated 'id'")
         files[image["id"]] = image["file_name"]
     captions: dict[int | str, list[str]] = {}
     for n, ann in enumerate(data["annotations"]):
         text = ann.get("caption") if isinstance(ann, dict) else None
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{annotations}: annotations[{n}] needs a non-empty 'caption'")
+            raise DataError(f"{annotations}: annotations[{n}] needs a non-empty 'caption'")
         image_id = ann.get("image_id")
         if not isinstance(image_id, int | str) or image_id not in files:
-            raise ValueError(
+            raise DataError(
                 f"{annotations}: annotations[{n}] refers to unknown image_id {image_id!r}"
             )
         captions.setdefault(image_id, []).append(text.strip())
     ids = [i for i in files if i in captions]
     if not ids:
-        raise ValueError(f"{annotations}: no image has a caption")
+        raise DataError(f"{annotations}: no image has a caption")
     if labels is not None:
         names = _category_names(data, annotations)
         for n, image in enumerate(data["images"]):

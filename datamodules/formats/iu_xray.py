@@ -17,44 +17,45 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules.errors import DataError, DataFileMissing
 from datamodules.formats.manifest import read_json
 from datamodules.formats.reports import ReportStudies, pack_ragged
 from datamodules.storage import pack_strings
 
 
 def _entry(entry: object, where: str) -> tuple[str, str, list[str]]:
-    """(id, report, image paths) of one entry, or ``ValueError`` naming it."""
+    """(id, report, image paths) of one entry, or :class:`DataError` naming it."""
     if not isinstance(entry, dict):
-        raise ValueError(f"{where}: expected an object")
+        raise DataError(f"{where}: expected an object")
     key, report, images = entry.get("id"), entry.get("report"), entry.get("image_path")
     if not isinstance(key, str | int) or isinstance(key, bool) or str(key) == "":
-        raise ValueError(f"{where}: 'id' must be a non-empty string or an integer")
+        raise DataError(f"{where}: 'id' must be a non-empty string or an integer")
     if not isinstance(report, str) or not report.strip():
-        raise ValueError(f"{where}: 'report' must be a non-empty string")
+        raise DataError(f"{where}: 'report' must be a non-empty string")
     if not isinstance(images, list) or not images or not all(isinstance(p, str) for p in images):
-        raise ValueError(f"{where}: 'image_path' must be a non-empty list of path strings")
+        raise DataError(f"{where}: 'image_path' must be a non-empty list of path strings")
     return str(key), report, images
 
 
 def read_iu_xray(annotation: str | Path, image_dir: str | Path, split: str) -> ReportStudies:
-    """The entries of ``split`` in file order. ``ValueError`` names the file and the entry
-    (``train[3]``); a missing image raises ``FileNotFoundError`` naming it and the entry."""
+    """The entries of ``split`` in file order. :class:`DataError` names the file and the entry
+    (``train[3]``); a missing image raises :class:`DataFileMissing` naming it and the entry."""
     annotation, image_dir = Path(annotation), Path(image_dir)
     data = read_json(annotation, "IU-Xray annotation file")
     if not isinstance(data, dict) or not isinstance(data.get(split), list) or not data[split]:
-        raise ValueError(f"{annotation}: expected a non-empty list under {split!r}")
+        raise DataError(f"{annotation}: expected a non-empty list under {split!r}")
     paths, views, offsets, keys, reports = [], [], [0], [], []
     seen: set[str] = set()
     for n, entry in enumerate(data[split]):
         where = f"{annotation}: {split}[{n}]"
         key, report, images = _entry(entry, where)
         if key in seen:
-            raise ValueError(f"{where}: id {key!r} is repeated")
+            raise DataError(f"{where}: id {key!r} is repeated")
         seen.add(key)
         for k, relative in enumerate(images):
             path = image_dir / relative
             if not path.is_file():
-                raise FileNotFoundError(f"image {path} (listed at {where}) not found")
+                raise DataFileMissing(f"image {path} (listed at {where}) not found")
             paths.append(str(path))
             views.append(0 if k == 0 else 1)
         offsets.append(len(paths))

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from datamodules.errors import DataError, DataFileMissing
 from datamodules.storage import Captions, FileCaptions, pack_strings
 
 
@@ -45,7 +46,7 @@ class LabelColumn:
     def ids(self, field: str, classes: Sequence[str] | None) -> np.ndarray:
         """Class id per item (-1: none): a name is its position in ``classes``; an integer is
         itself, and with ``classes`` must be below their count. A value outside ``classes``
-        raises ``ValueError`` naming where it occurs."""
+        raises :class:`DataError` naming where it occurs."""
         if self.names and classes is None:
             raise ValueError(f"label {field!r} holds class names: its classes must be given")
         lookup = np.empty(len(self.values) + 1, dtype=np.int64)
@@ -54,14 +55,14 @@ class LabelColumn:
         for k, (value, place) in enumerate(zip(self.values, self.places, strict=True)):
             if isinstance(value, str):
                 if value not in position:
-                    raise ValueError(
+                    raise DataError(
                         f"{place}: label {field!r} is {value!r}, which is not one of the "
                         f"{len(position)} names in data.class_names.{field}"
                     )
                 lookup[k] = position[value]
             else:
                 if classes is not None and value >= len(classes):
-                    raise ValueError(
+                    raise DataError(
                         f"{place}: label {field!r} is class id {value}, but "
                         f"data.class_names.{field} names only {len(classes)} classes"
                     )
@@ -81,7 +82,7 @@ class LabelReader:
 
     def add(self, key: Hashable, record: Mapping[str, Any], place: str) -> None:
         """Record the label fields of ``record`` (read at ``place``) for item ``key``;
-        ``ValueError`` naming ``place`` for a value that is neither a class name nor a class id,
+        :class:`DataError` naming ``place`` for a value that is neither a class name nor a class id,
         that mixes names and ids in one field, or that differs from the item's earlier one."""
         for field in self.fields:
             value = record.get(field)
@@ -90,13 +91,13 @@ class LabelReader:
             name = isinstance(value, str) and bool(value.strip())
             number = isinstance(value, int) and not isinstance(value, bool) and value >= 0
             if not (name or number):
-                raise ValueError(
+                raise DataError(
                     f"{place}: label {field!r} must be a class name or a non-negative class id, "
                     f"got {value!r}"
                 )
             codes = self._codes[field]
             if codes and isinstance(value, str) != isinstance(next(iter(codes)), str):
-                raise ValueError(
+                raise DataError(
                     f"{place}: label {field!r} mixes class names and class ids "
                     f"({next(iter(codes))!r} at {self._places[field][0]}, {value!r} here)"
                 )
@@ -105,7 +106,7 @@ class LabelReader:
                 self._places[field].append(place)
             earlier = self._item_codes[field].setdefault(key, code)
             if earlier != code:
-                raise ValueError(
+                raise DataError(
                     f"{place}: label {field!r} is {value!r}, but an earlier entry of the same "
                     f"item gave {list(codes)[earlier]!r}"
                 )
@@ -139,13 +140,13 @@ def captions_of(record: Mapping[str, Any]) -> list[str] | None:
 def read_jsonl(
     manifest: str | Path, image_dir: str | Path, labels: LabelReader | None = None
 ) -> FileCaptions:
-    """Items in first-appearance order; ``ValueError`` names ``file:line`` of a bad line.
+    """Items in first-appearance order; :class:`DataError` names ``file:line`` of a bad line.
     ``labels`` collects the items' label fields, keyed by the item keys (``FileCaptions.keys``)."""
     manifest, image_dir = Path(manifest), Path(image_dir)
     if not manifest.is_file():
-        raise FileNotFoundError(f"JSONL manifest {manifest} not found")
+        raise DataFileMissing(f"JSONL manifest {manifest} not found")
     items: dict[str, tuple[str, list[str]]] = {}
-    with manifest.open(encoding="utf-8") as lines:
+    with manifest.open(encoding="utf-8-sig") as lines:
         for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -153,21 +154,21 @@ def read_jsonl(
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
+                raise DataError(f"{where}: invalid JSON ({err.msg})") from None
             if not isinstance(record, dict) or not isinstance(record.get("image"), str):
-                raise ValueError(f"{where}: expected an object with an 'image' path string")
+                raise DataError(f"{where}: expected an object with an 'image' path string")
             captions = captions_of(record)
             if captions is None:
-                raise ValueError(f"{where}: 'captions' must be a non-empty list of strings")
+                raise DataError(f"{where}: 'captions' must be a non-empty list of strings")
             path = str(image_dir / record["image"])
             key = str(record.get("id", record["image"]))
             if key in items and items[key][0] != path:
-                raise ValueError(f"{where}: id {key!r} already names image {items[key][0]}")
+                raise DataError(f"{where}: id {key!r} already names image {items[key][0]}")
             items.setdefault(key, (path, []))[1].extend(captions)
             if labels is not None:
                 labels.add(key, record, where)
     if not items:
-        raise ValueError(f"{manifest}: no entries")
+        raise DataError(f"{manifest}: no entries")
     return FileCaptions(
         paths=pack_strings([path for path, _ in items.values()]),
         keys=pack_strings(list(items)),

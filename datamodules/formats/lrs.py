@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from datamodules.errors import DataError, DataFileMissing
 from datamodules.media import decode_frames
 from datamodules.storage import Captions, FileCaptions, pack_strings
 
@@ -27,13 +28,13 @@ MOUTH_BOX = (0.25, 0.5, 0.75, 0.95)
 def _transcript(txt: Path, where: str) -> str:
     """The lower-cased words of the ``Text:`` first line of an LRS transcript file."""
     if not txt.is_file():
-        raise FileNotFoundError(f"{where}: transcript file {txt} not found")
-    first = txt.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0]
+        raise DataFileMissing(f"{where}: transcript file {txt} not found")
+    first = txt.read_text(encoding="utf-8-sig", errors="replace").split("\n", 1)[0]
     if not first.startswith("Text:"):
-        raise ValueError(f"{where}: transcript file {txt} does not start with a 'Text:' line")
+        raise DataError(f"{where}: transcript file {txt} does not start with a 'Text:' line")
     text = " ".join(first[len("Text:") :].split()).lower()
     if not text:
-        raise ValueError(f"{where}: transcript file {txt} has an empty 'Text:' line")
+        raise DataError(f"{where}: transcript file {txt} has an empty 'Text:' line")
     return text
 
 
@@ -42,24 +43,24 @@ def read_lrs(list_file: str | Path, clips_dir: str | Path) -> FileCaptions:
     list is checked here, and errors name ``list_file:line``."""
     list_file, clips_dir = Path(list_file), Path(clips_dir)
     if not list_file.is_file():
-        raise FileNotFoundError(f"LRS list file {list_file} not found")
+        raise DataFileMissing(f"LRS list file {list_file} not found")
     ids: list[str] = []
     texts: list[str] = []
-    with list_file.open(encoding="utf-8") as lines:
+    with list_file.open(encoding="utf-8-sig") as lines:
         for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             where = f"{list_file}:{lineno}"
             clip = line.split()[0]
             if clip in ids:
-                raise ValueError(f"{where}: clip {clip!r} is listed twice")
+                raise DataError(f"{where}: clip {clip!r} is listed twice")
             video = clips_dir / f"{clip}.mp4"
             if not video.is_file():
-                raise FileNotFoundError(f"{where}: clip file {video} not found")
+                raise DataFileMissing(f"{where}: clip file {video} not found")
             ids.append(clip)
             texts.append(_transcript(clips_dir / f"{clip}.txt", where))
     if not ids:
-        raise ValueError(f"{list_file}: no entries")
+        raise DataError(f"{list_file}: no entries")
     return FileCaptions(
         paths=pack_strings([str(clips_dir / f"{clip}.mp4") for clip in ids]),
         keys=pack_strings(ids),

@@ -1,5 +1,5 @@
 """Reading a JSON annotation file the same way in every reader: a missing file and invalid JSON
-are errors that name the file (and the line)."""
+are data errors that name the file (and the line); a UTF-8 byte order mark is accepted."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from datamodules.errors import DataError, DataFileMissing
+
 
 def read_json(path: Path, what: str) -> Any:
     """The parsed JSON of ``path``; ``what`` names the file in errors ("COCO annotation file")."""
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} not found")
+        raise DataFileMissing(f"{what} {path} not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+        raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None

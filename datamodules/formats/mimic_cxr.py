@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules.errors import DataError, DataFileMissing
 from datamodules.formats.reports import ReportStudies, pack_ragged
 from datamodules.storage import pack_strings
 
@@ -50,11 +51,11 @@ def _resolve(root: Path, name: str) -> Path | None:
 def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[str, dict[str, str]]]:
     """``("file:line", row)`` for each row, after checking the header has ``required``."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as f:
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+            raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
         for row in reader:
             yield f"{path}:{reader.line_num}", row
 
@@ -62,7 +63,7 @@ def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[str, dict[str
 def _int(row: dict[str, str], column: str, where: str) -> int:
     value = (row.get(column) or "").strip()
     if not value.isdigit():
-        raise ValueError(f"{where}: {column} must be an integer, got {value!r}")
+        raise DataError(f"{where}: {column} must be an integer, got {value!r}")
     return int(value)
 
 
@@ -73,13 +74,13 @@ def _metadata(path: Path) -> dict[tuple[int, int], list[tuple[str, str, str]]]:
     for where, row in _rows(path, ("dicom_id", "subject_id", "study_id", "ViewPosition")):
         dicom = (row["dicom_id"] or "").strip()
         if not dicom or dicom in seen:
-            raise ValueError(f"{where}: dicom_id is empty or repeated ({dicom!r})")
+            raise DataError(f"{where}: dicom_id is empty or repeated ({dicom!r})")
         seen.add(dicom)
         key = (_int(row, "subject_id", where), _int(row, "study_id", where))
         view = (row["ViewPosition"] or "").strip().upper()
         studies.setdefault(key, []).append((dicom, view, where))
     if not studies:
-        raise ValueError(f"{path}: no images listed")
+        raise DataError(f"{path}: no images listed")
     return studies
 
 
@@ -89,7 +90,7 @@ def _splits(path: Path) -> dict[str, str]:
     for where, row in _rows(path, ("dicom_id", "split")):
         split = (row["split"] or "").strip()
         if split not in SPLIT_NAMES:
-            raise ValueError(f"{where}: split must be one of {tuple(SPLIT_NAMES)}, got {split!r}")
+            raise DataError(f"{where}: split must be one of {tuple(SPLIT_NAMES)}, got {split!r}")
         out[(row["dicom_id"] or "").strip()] = SPLIT_NAMES[split]
     return out
 
@@ -104,7 +105,7 @@ def _chexpert(path: Path) -> dict[tuple[int, int], list[int]]:
         for column in columns:
             value = (row[column] or "").strip()
             if value not in _LABEL_VALUES:
-                raise ValueError(
+                raise DataError(
                     f"{where}: {column!r} must be 1.0, 0.0, -1.0 or empty, got {value!r}"
                 )
             values.append(_LABEL_VALUES[value])
@@ -120,7 +121,7 @@ def _study_split(
         return {0: "val", 1: "test"}.get(subject % 50, "train")
     names = sorted({splits.get(dicom, "none") for dicom, _, _ in dicoms})
     if len(names) != 1 or names[0] == "none":
-        raise ValueError(
+        raise DataError(
             f"{source}: the images of the study listed at {dicoms[0][2]} have no split "
             f"or several ({', '.join(names)})"
         )
@@ -141,13 +142,13 @@ def read_mimic_cxr(
 ) -> ReportStudies:
     """The studies of ``split`` (train / val / test), sorted by (subject, study).
 
-    Validates everything first: CSV columns and values (``ValueError`` naming ``file:line``),
-    every image and report file (``FileNotFoundError`` naming the path and the manifest row).
+    Validates everything first: CSV columns and values (:class:`DataError` naming ``file:line``),
+    every image and report file (:class:`DataFileMissing` naming the path and the manifest row).
     """
     root = Path(root)
     meta_path = _resolve(root, metadata)
     if meta_path is None:
-        raise FileNotFoundError(f"MIMIC-CXR metadata {root / metadata} not found")
+        raise DataFileMissing(f"MIMIC-CXR metadata {root / metadata} not found")
     split_path, chexpert_path = _resolve(root, split_file), _resolve(root, chexpert)
     studies = _metadata(meta_path)
     splits = _splits(split_path) if split_path else None
@@ -161,18 +162,18 @@ def read_mimic_cxr(
         for dicom, view, where in sorted(dicoms, key=lambda d: (_VIEW_ORDER.get(d[1], 2), d[0])):
             image = directory / f"{dicom}.jpg"
             if not image.is_file():
-                raise FileNotFoundError(f"image {image} (listed at {where}) not found")
+                raise DataFileMissing(f"image {image} (listed at {where}) not found")
             paths.append(str(image))
             views.append(0 if view in _VIEW_ORDER else 1)
         report = directory.with_suffix(".txt")
         if not report.is_file():
-            raise FileNotFoundError(f"report {report} (study listed at {dicoms[0][2]}) not found")
-        reports.append(report.read_text(encoding="utf-8", errors="replace"))
+            raise DataFileMissing(f"report {report} (study listed at {dicoms[0][2]}) not found")
+        reports.append(report.read_text(encoding="utf-8-sig", errors="replace"))
         offsets.append(len(paths))
         keys.append(f"p{subject}/s{study}")
         label_rows.append(labels.get((subject, study), [-1] * len(CHEXPERT_COLUMNS)))
     if not keys:
-        raise ValueError(f"{meta_path}: no study in split {split!r}")
+        raise DataError(f"{meta_path}: no study in split {split!r}")
     table = np.asarray(label_rows, dtype=np.int64)
     return ReportStudies(
         paths=pack_strings(paths),

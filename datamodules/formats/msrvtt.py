@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from datamodules.errors import DataError, DataFileMissing
 from datamodules.formats.manifest import read_json
 from datamodules.storage import Captions, FileCaptions, pack_strings
 
@@ -42,12 +43,12 @@ def _files(
 ) -> FileCaptions:
     """Resolve every captioned video (``where[id]`` names its entry for the error)."""
     if not captions:
-        raise ValueError(f"{manifest}: no video has a caption")
+        raise DataError(f"{manifest}: no video has a caption")
     paths = []
     for video_id in captions:
         path = resolve_video(video_dir, video_id)
         if path is None:
-            raise FileNotFoundError(
+            raise DataFileMissing(
                 f"{manifest}: {where[video_id]}: video {video_id!r} not found in {video_dir} "
                 f"(no {video_id}{{{','.join(VIDEO_SUFFIXES)}}} file or {video_id}/ folder)"
             )
@@ -66,7 +67,7 @@ def _videos(manifest: Path, videos: list, split: str | None) -> dict[str, bool]:
     for n, video in enumerate(videos):
         video_id = video.get("video_id") if isinstance(video, dict) else None
         if not isinstance(video_id, str) or not video_id or video_id in out:
-            raise ValueError(f"{manifest}: videos[{n}] has a missing or repeated 'video_id'")
+            raise DataError(f"{manifest}: videos[{n}] has a missing or repeated 'video_id'")
         out[video_id] = wanted is None or "split" not in video or video["split"] in wanted
     return out
 
@@ -80,17 +81,17 @@ def read_msrvtt(
     if not isinstance(data, dict) or not all(
         isinstance(data.get(k), list) for k in ("videos", "sentences")
     ):
-        raise ValueError(f"{manifest}: expected lists 'videos' and 'sentences'")
+        raise DataError(f"{manifest}: expected lists 'videos' and 'sentences'")
     in_split = _videos(manifest, data["videos"], split)
     captions: dict[str, list[str]] = {}
     where: dict[str, str] = {}
     for n, sentence in enumerate(data["sentences"]):
         text = sentence.get("caption") if isinstance(sentence, dict) else None
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{manifest}: sentences[{n}] needs a non-empty 'caption' string")
+            raise DataError(f"{manifest}: sentences[{n}] needs a non-empty 'caption' string")
         video_id = sentence.get("video_id")
         if not isinstance(video_id, str) or video_id not in in_split:
-            raise ValueError(f"{manifest}: sentences[{n}] refers to unknown video_id {video_id!r}")
+            raise DataError(f"{manifest}: sentences[{n}] refers to unknown video_id {video_id!r}")
         if in_split[video_id]:
             captions.setdefault(video_id, []).append(text.strip())
             where.setdefault(video_id, f"sentences[{n}]")
@@ -101,20 +102,20 @@ def read_video_csv(csv_path: str | Path, video_dir: str | Path) -> FileCaptions:
     """Videos in first-appearance order with their pooled captions."""
     manifest, video_dir = Path(csv_path), Path(video_dir)
     if not manifest.is_file():
-        raise FileNotFoundError(f"CSV manifest {manifest} not found")
+        raise DataFileMissing(f"CSV manifest {manifest} not found")
     captions: dict[str, list[str]] = {}
     where: dict[str, str] = {}
-    with manifest.open(encoding="utf-8", newline="") as lines:
+    with manifest.open(encoding="utf-8-sig", newline="") as lines:
         rows = csv.DictReader(lines)
         if rows.fieldnames is None or not {"video", "caption"} <= set(rows.fieldnames):
-            raise ValueError(f"{manifest}:1: expected a header with columns 'video' and 'caption'")
+            raise DataError(f"{manifest}:1: expected a header with columns 'video' and 'caption'")
         for row in rows:
             place = f"{manifest}:{rows.line_num}"
             video_id, text = row.get("video"), row.get("caption")
             if not isinstance(video_id, str) or not video_id.strip():
-                raise ValueError(f"{place}: missing 'video'")
+                raise DataError(f"{place}: missing 'video'")
             if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"{place}: missing 'caption'")
+                raise DataError(f"{place}: missing 'caption'")
             captions.setdefault(video_id.strip(), []).append(text.strip())
             where.setdefault(video_id.strip(), f"line {rows.line_num}")
     return _files(manifest, video_dir, captions, where)

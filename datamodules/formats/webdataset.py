@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
+from datamodules.errors import DataError, DataFileMissing
 from datamodules.formats.jsonl import LabelReader, captions_of
 from datamodules.media import MediaError
 from datamodules.storage import Captions, pack_strings
@@ -40,17 +41,17 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 
 
 def expand_shards(pattern: str, root: str | Path, setting: str) -> list[Path]:
-    """The shard files of a brace ``pattern`` under ``root``; ``FileNotFoundError`` naming
+    """The shard files of a brace ``pattern`` under ``root``; :class:`DataFileMissing` naming
     ``setting`` (the config field) when none or only some of them exist."""
     paths = [Path(root) / name for name in expand_urls(pattern)]
     missing = [path for path in paths if not path.is_file()]
     if len(missing) == len(paths):
-        raise FileNotFoundError(
+        raise DataFileMissing(
             f"{setting} {pattern!r} matches no file under {root} "
             f"({len(paths)} name(s) tried, the first {paths[0].name!r})"
         )
     if missing:
-        raise FileNotFoundError(
+        raise DataFileMissing(
             f"{setting} {pattern!r}: {len(missing)} of {len(paths)} shards are missing under "
             f"{root}: {', '.join(path.name for path in missing[:3])}"
             + (", ..." if len(missing) > 3 else "")
@@ -93,9 +94,9 @@ class ShardIndex:
 def _text(tar: tarfile.TarFile, member: tarfile.TarInfo, where: str) -> str:
     """A member's bytes as UTF-8 text."""
     try:
-        return tar.extractfile(member).read().decode("utf-8")
+        return tar.extractfile(member).read().decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise ValueError(f"{where}: not UTF-8 text") from None
+        raise DataError(f"{where}: not UTF-8 text") from None
 
 
 def _sample(
@@ -104,7 +105,7 @@ def _sample(
     """A sample's image member, captions, JSON record ({} without one) and where the record is."""
     image = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
     if image is None:
-        raise ValueError(
+        raise DataError(
             f"{path}: sample {key!r} has no image member ({', '.join(IMAGE_EXTENSIONS)}); it has "
             f"{', '.join(sorted(members))}"
         )
@@ -115,20 +116,20 @@ def _sample(
         try:
             record = json.loads(_text(tar, members["json"], where))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
+            raise DataError(f"{where}: invalid JSON ({err.msg})") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object")
+            raise DataError(f"{where}: expected a JSON object")
     captions = captions_of(record)
     if captions is None and ("captions" in record or "caption" in record):
-        raise ValueError(f"{where}: 'captions' must be a non-empty list of strings")
+        raise DataError(f"{where}: 'captions' must be a non-empty list of strings")
     if captions is None and "txt" in members:
         text_where = f"{path}:{members['txt'].name}"
         text = _text(tar, members["txt"], text_where).strip()
         if not text:
-            raise ValueError(f"{text_where}: empty caption")
+            raise DataError(f"{text_where}: empty caption")
         captions = [text]
     if captions is None:
-        raise ValueError(f"{path}: sample {key!r} has no caption (.txt, or .json 'captions')")
+        raise DataError(f"{path}: sample {key!r} has no caption (.txt, or .json 'captions')")
     return image, captions, record, where
 
 
@@ -146,12 +147,12 @@ def scan_shards(paths: Sequence[Path], labels: LabelReader | None = None) -> Sha
                         continue
                     group = samples.setdefault(key, {})
                     if extension.lower() in group:
-                        raise ValueError(f"{path}:{member.name}: a second .{extension} of {key!r}")
+                        raise DataError(f"{path}:{member.name}: a second .{extension} of {key!r}")
                     group[extension.lower()] = member
                 with open(path, "rb") as raw:  # tarfile stops quietly at a corrupt header
                     raw.seek(tar.offset)
                     if any(raw.read(tarfile.BLOCKSIZE)):
-                        raise ValueError(
+                        raise DataError(
                             f"{path}: corrupt tar header at byte {tar.offset}; the members from "
                             "there on cannot be read"
                         )
@@ -164,10 +165,10 @@ def scan_shards(paths: Sequence[Path], labels: LabelReader | None = None) -> Sha
                     members.append(image.name)
                     captions.append(texts)
         except tarfile.TarError as err:
-            raise ValueError(f"{path}: not a readable uncompressed tar archive ({err})") from None
+            raise DataError(f"{path}: not a readable uncompressed tar archive ({err})") from None
         shard_items.append(len(offsets))
         if shard_items[-1] == shard_items[-2]:
-            raise ValueError(f"{path}: no samples")
+            raise DataError(f"{path}: no samples")
     return ShardIndex(
         shards=pack_strings([str(path) for path in paths]),
         shard_items=np.array(shard_items, dtype=np.int64),

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+from datamodules.errors import DataFileMissing
 from datamodules.storage import SPLITS, cache_root
 
 S = TypeVar("S", bound="Source")
@@ -50,7 +51,7 @@ class Source(Generic[Split]):
         """``data.root``, checked to be a directory."""
         root = Path(self.cfg.root or "")
         if not root.is_dir():
-            raise FileNotFoundError(f"data root {root} not found")
+            raise DataFileMissing(f"data root {root} not found")
         return root
 
     def split(self, split: str) -> Split:

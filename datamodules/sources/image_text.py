@@ -21,6 +21,7 @@ from datamodules.embedded.shapes import (
     load_split,
     zero_shot_prompts,
 )
+from datamodules.errors import DataError, DataFileMissing
 from datamodules.formats import (
     LabelColumn,
     LabelReader,
@@ -30,7 +31,7 @@ from datamodules.formats import (
     read_jsonl,
     scan_shards,
 )
-from datamodules.media import IMAGE_ERRORS, MediaError
+from datamodules.media import IMAGE_ERRORS, MediaError, to_8bit
 from datamodules.sources import SOURCES, EmbeddedSource, Source
 from datamodules.sources.shapes import scenes_of
 from datamodules.storage import SPLITS, Captions, FileCaptions, MappedArray
@@ -38,12 +39,13 @@ from datamodules.storage import SPLITS, Captions, FileCaptions, MappedArray
 
 def _read_rgb(source: str | io.BytesIO, name: str, item: int, size: int) -> np.ndarray:
     """An image file (path or bytes) as RGB resized to ``size`` x ``size`` (the whole picture
-    is kept rather than centre-cropped, so nothing a caption mentions is cut away)."""
+    is kept rather than centre-cropped, so nothing a caption mentions is cut away); 16-bit and
+    float images are scaled to 8 bits first (:func:`to_8bit`)."""
     try:
         with Image.open(source) as image:
-            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+            rgb = to_8bit(image).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
     except FileNotFoundError:
-        raise FileNotFoundError(f"image file {name} (item {item}) not found") from None
+        raise DataFileMissing(f"image file {name} (item {item}) not found") from None
     except IMAGE_ERRORS as err:  # not an image, truncated, ...
         raise MediaError(f"image file {name} (item {item}) could not be read: {err}") from None
     return np.asarray(rgb)
@@ -232,13 +234,13 @@ class DiskImageText(ImageTextSource):
             if not found:
                 if cfg.label_fields is None:
                     continue
-                raise ValueError(
+                raise DataError(
                     f"data.label_fields names {f!r}, but no entry of the {'/'.join(splits)} "
                     f"data at {cfg.root} has it"
                 )
             kinds = {split: col.names for split, col in found.items()}
             if len(set(kinds.values())) > 1:
-                raise ValueError(
+                raise DataError(
                     f"label {f!r} holds class names in some splits and class ids in others: "
                     + ", ".join(f"{s}: {'names' if k else 'ids'}" for s, k in kinds.items())
                 )
@@ -290,6 +292,19 @@ class CocoImageText(ManifestImageText):
 
     default_manifest = "annotations/captions_{split}.json"
     reader = staticmethod(read_coco)
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        """Every split names its image folder: COCO's ``file_name`` holds none, so an unset one
+        would fail only later, image by image."""
+        missing = [
+            f"data.{split}_images" for split in SPLITS if not getattr(cfg, f"{split}_images")
+        ]
+        if missing:
+            raise ValueError(
+                f"{', '.join(missing)}: data.format coco needs each split's image folder, "
+                "relative to data.root ('.' for data.root itself)"
+            )
 
 
 @SOURCES.register("image_text", "webdataset")

@@ -22,13 +22,14 @@ from datamodules.embedded.chest import (
 from datamodules.formats.iu_xray import read_iu_xray
 from datamodules.formats.mimic_cxr import read_mimic_cxr
 from datamodules.formats.reports import ReportStudies
-from datamodules.media import IMAGE_ERRORS, MediaError
+from datamodules.media import IMAGE_ERRORS, MediaError, to_8bit
 from datamodules.sources import SOURCES, EmbeddedSource, Source
 from datamodules.storage import MappedArray
 
 
 class FileViews:
-    """Image files read as grayscale and resized to ``size`` x ``size``."""
+    """Image files read as grayscale (16-bit and float scans scaled to 8 bits first,
+    :func:`to_8bit`) and resized to ``size`` x ``size``."""
 
     def __init__(self, studies: ReportStudies, size: int) -> None:
         self.studies, self.size = studies, size
@@ -37,7 +38,8 @@ class FileViews:
         path = self.studies.path(v)
         try:
             with Image.open(path) as image:
-                gray = image.convert("L").resize((self.size, self.size), Image.Resampling.BILINEAR)
+                gray = to_8bit(image).convert("L")
+                gray = gray.resize((self.size, self.size), Image.Resampling.BILINEAR)
         except IMAGE_ERRORS as err:
             raise MediaError(f"image file {path} could not be read: {err}") from None
         return np.asarray(gray)[..., None]
