@@ -1,7 +1,10 @@
 """Process-wide settings that must be in place before third-party imports.
 
 Imported first by every package of alignlab (and by run.py), so DDP ranks and dataloader
-workers inherit them: no albumentations update check, no MLflow telemetry, no hub downloads.
+workers inherit them: no albumentations update check, no MLflow telemetry, no hub downloads,
+and MLflow HTTP calls that give up within seconds (its defaults retry a dead server for minutes,
+freezing training): a tracker that stops answering is buffered by experiments/tracking.py.
+A variable the user set keeps its value.
 """
 
 import logging
@@ -12,6 +15,9 @@ for _key, _value in {
     "NO_ALBUMENTATIONS_UPDATE": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "HF_HUB_OFFLINE": "1",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # an int to MLflow: "0.5" fails to parse
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }.items():
     os.environ.setdefault(_key, _value)
 
