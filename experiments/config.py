@@ -6,7 +6,10 @@ overrides the parent and ``key=value`` arguments override both. Blocks that carr
 the child picks a different name, so switching method never inherits the old method's keys.
 
 Every problem is raised as one ``ConfigError`` whose message names the key path, before any
-work starts: unknown keys, wrong types, missing required values, unknown registry names.
+work starts: keys repeated in one YAML mapping, unknown keys, wrong types, a scalar where a
+block of keys belongs, missing required values, unknown registry names, values out of range
+(sizes, rates, temperatures, trainer settings this machine or Lightning cannot run) and a
+tracking URI of no known scheme.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
+from urllib.parse import urlsplit
 
 import yaml
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
     ConfigKeyError,
     OmegaConfBaseException,
@@ -167,6 +173,37 @@ class Stage:
 # ----------------------------------------------------------------------------- loading
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping, at ``line`` (1-based) of its second time."""
+
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"line {line}: key {key!r} appears twice")
+        self.key, self.line = key, line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping: PyYAML would keep the
+    last value silently, so an edit lower in a file could undo one above it unnoticed."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor`` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # the base class reports an unhashable key
+            if key in seen:
+                raise DuplicateKeyError(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str) -> Any:
+    """``text`` parsed as safe YAML with :class:`UniqueKeyLoader`."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def load_yaml_chain(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The YAML at ``path`` merged over its ``base:`` ancestors (plain dicts)."""
     path = Path(path)
@@ -176,7 +213,9 @@ def load_yaml_chain(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str,
     if resolved in _seen:
         raise ConfigError(f"{path}: 'base' chain loops back to itself")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path.read_text()) or {}
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{path} {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -212,7 +251,9 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key=value")
         try:
-            parsed = yaml.safe_load(value) if value else None
+            parsed = read_yaml(value) if value else None
+        except DuplicateKeyError as err:
+            raise ConfigError(f"override {item!r}: key {err.key!r} appears twice") from None
         except yaml.YAMLError:
             parsed = value
         node = out
@@ -236,12 +277,39 @@ def _expected_type(err: ValidationError) -> str:
     return msg.splitlines()[0]
 
 
+def _block_error(path: str, value: Any, keys: list[str]) -> ConfigError:
+    """The error for ``value`` given where a block of ``keys`` belongs (``method=clip``)."""
+    first = "name" if "name" in keys else next(iter(keys), "<key>")
+    if value is None:
+        got = "null"
+    else:
+        got = f"the {'list' if isinstance(value, list) else 'scalar'} {value!r}"
+    return ConfigError(f"{path}: expected a block of keys ({path}.{first}=..., ...), got {got}")
+
+
+def _check_shapes(schema: DictConfig, raw: dict[str, Any], prefix: str) -> None:
+    """Blocks and lists of ``raw`` given as single values, reported with their key path
+    (OmegaConf's merge reports them naming no key: ``None: expected None, got None``)."""
+    for key, value in raw.items():
+        if key not in schema or OmegaConf.is_missing(schema, key):
+            continue  # unknown keys and untyped required ones are reported elsewhere
+        default, path = schema[key], f"{prefix}{key}"
+        if isinstance(default, DictConfig) and isinstance(value, dict):
+            _check_shapes(default, value, f"{path}.")
+        elif isinstance(default, DictConfig):
+            raise _block_error(path, value, [str(k) for k in default.keys()])
+        elif isinstance(default, ListConfig) and not isinstance(value, list | None):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+
+
 def _structured(schema: type, raw: Any, prefix: str) -> DictConfig:
     """``raw`` validated against dataclass ``schema``; errors name ``prefix`` + key path."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix.rstrip('.')}: expected a mapping, got {raw!r}")
+    defaults = OmegaConf.structured(schema)
+    _check_shapes(defaults, raw, prefix)
     try:
-        return OmegaConf.merge(OmegaConf.structured(schema), raw)
+        return OmegaConf.merge(defaults, raw)
     except ConfigKeyError as err:
         known = ", ".join(_field_names(schema, str(err.full_key)))
         raise ConfigError(f"{prefix}{err.full_key}: unknown key (known: {known})") from None
@@ -277,7 +345,9 @@ def _under(path: str, message: str) -> str:
 
 def _registered(registry: Registry, raw: Any, path: str) -> DictConfig:
     """A named block validated against its registered config dataclass."""
-    if not isinstance(raw, dict) or "name" not in raw:
+    if not isinstance(raw, dict):
+        raise _block_error(path, raw, ["name"])
+    if "name" not in raw:
         raise ConfigError(f"{path}.name: missing required value (known: {registry.names()})")
     try:
         entry = registry.get(raw["name"])
@@ -321,10 +391,10 @@ def validate(raw: dict[str, Any]) -> DictConfig:
     cfg = _structured(ExperimentConfig, raw, "")
     if OmegaConf.is_missing(cfg, "method"):
         raise ConfigError("method: missing required value")
-    cfg.method = _registered(METHODS, OmegaConf.to_container(cfg.method), "method")
-    cfg.data = _registered(DATAMODULES, OmegaConf.to_container(cfg.data), "data")
+    cfg.method = _registered(METHODS, _plain(cfg.method), "method")
+    cfg.data = _registered(DATAMODULES, _plain(cfg.data), "data")
     for side in MODALITIES:
-        cfg.model[side] = _tower(OmegaConf.to_container(cfg.model[side]), side)
+        cfg.model[side] = _tower(_plain(cfg.model[side]), side)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]}: missing required value")
@@ -337,6 +407,43 @@ def validate(raw: dict[str, Any]) -> DictConfig:
     unknown = sorted(set(cfg.model.frozen) - set(MODALITIES))
     if unknown:
         raise ConfigError(f"model.frozen: unknown modality {unknown[0]!r}; known: {MODALITIES}")
+    _check_bounds(cfg)
+    _check_optim(cfg)
+    _check_trainer(cfg.trainer, has_init=cfg.init_from is not None)
+    _check_tracking_uri(cfg.logger.tracking_uri)
+    return cfg
+
+
+def _plain(node: Any) -> Any:
+    """A config node as plain Python containers (a scalar, e.g. ``method=clip``, as it is)."""
+    return OmegaConf.to_container(node) if isinstance(node, DictConfig | ListConfig) else node
+
+
+# (key, lowest allowed value, whether that value itself is allowed, why not if not obvious);
+# the data block's batch sizes and workers are checked by its dataclass (datamodules/config.py)
+BOUNDS: tuple[tuple[str, float, bool, str], ...] = (
+    ("model.embed_dim", 0, False, ""),
+    ("model.temperature", 0, False, ""),
+    ("model.max_logit_scale", 0, False, ""),
+    ("optim.lr", 0, False, " (a zero learning rate trains nothing)"),
+    ("optim.weight_decay", 0, True, ""),
+    ("optim.warmup_steps", 0, True, ""),
+    ("trainer.num_nodes", 1, True, ""),
+)
+
+
+def _check_bounds(cfg: DictConfig) -> None:
+    """Every :data:`BOUNDS` key is in its range."""
+    for key, lowest, inclusive, why in BOUNDS:
+        value = OmegaConf.select(cfg, key)
+        if value < lowest or (value == lowest and not inclusive):
+            relation = ">=" if inclusive else ">"
+            note = why if value == lowest else ""
+            raise ConfigError(f"{key}: must be {relation} {lowest}, got {value}{note}")
+
+
+def _check_optim(cfg: DictConfig) -> None:
+    """The warm-up fraction is a fraction; micro-batches split the batch evenly."""
     fraction = cfg.optim.max_warmup_fraction
     if fraction is not None and not 0 <= fraction <= 1:
         raise ConfigError(f"optim.max_warmup_fraction: must be in [0, 1], got {fraction}")
@@ -346,7 +453,134 @@ def validate(raw: dict[str, Any]) -> DictConfig:
             f"optim.micro_batch_size: must be a positive divisor of data.batch_size "
             f"{cfg.data.batch_size}, got {micro}"
         )
-    return cfg
+
+
+def _check_trainer(trainer: DictConfig, has_init: bool) -> None:
+    """Settings the ``lightning.Trainer`` would refuse only once the stage is built, or that
+    would make it train nothing."""
+    _check_accelerator(trainer.accelerator)
+    _check_devices(trainer.devices, trainer.accelerator)
+    _check_precision(trainer.precision)
+    _check_length(trainer, has_init)
+
+
+def _check_length(trainer: DictConfig, has_init: bool) -> None:
+    """``max_epochs``/``max_steps``: -1 (no limit) or more; 0 only for an evaluation-only
+    stage, one that starts from ``init_from`` (e.g. clip_mea.yaml's ``baseline``)."""
+    for key in ("max_epochs", "max_steps"):
+        value = trainer[key]
+        if value < -1:
+            raise ConfigError(f"trainer.{key}: must be -1 (no limit) or >= 0, got {value}")
+        if value == 0 and not has_init:
+            raise ConfigError(
+                f"trainer.{key}: 0 trains nothing; set it >= 1, or set init_from "
+                "(a stage or checkpoint) for an evaluation-only stage"
+            )
+
+
+def _check_devices(devices: Any, accelerator: str) -> None:
+    """A positive number of devices, -1 (all), "auto" or a list of device indices; with the CPU
+    accelerator only a number of processes or "auto", as Lightning's CPU accelerator takes."""
+    if accelerator == "cpu":
+        expected = "a positive number of processes or 'auto' (accelerator cpu has no indices)"
+        fine = devices == "auto" or _count(devices)
+    else:
+        expected = "a positive number of devices, -1 (all), 'auto' or a list of device indices"
+        fine = devices in ("auto", -1, "-1") or _count(devices) or _indices(devices)
+    if not fine:
+        raise ConfigError(f"trainer.devices: expected {expected}, got {_plain(devices)!r}")
+
+
+def _count(value: Any) -> bool:
+    """Whether ``value`` is a positive number of devices (``2`` or ``"2"``)."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _indices(value: Any) -> bool:
+    """Whether ``value`` lists distinct device indices (``[0, 1]``, or ``"0,1"`` / ``"0,"``)."""
+    if isinstance(value, str) and re.fullmatch(r"\d+(,\d+)*,?", value) and "," in value:
+        return True
+    if not isinstance(value, ListConfig) or not value:
+        return False
+    items = list(value)
+    numbers = all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items)
+    return numbers and len(set(items)) == len(items)
+
+
+def precisions() -> list[str]:
+    """Every ``trainer.precision`` the installed Lightning accepts, as strings (the field is a
+    string: ``precision=16`` arrives as ``"16"``)."""
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT  # its own list
+
+    literals = get_args(_PRECISION_INPUT)  # a Union of Literals
+    return sorted({str(value) for literal in literals for value in get_args(literal)})
+
+
+def _check_precision(precision: str) -> None:
+    known = precisions()
+    if precision not in known:
+        raise ConfigError(
+            f"trainer.precision: {precision!r} is not a Lightning precision; known: "
+            f"{', '.join(known)}"
+        )
+
+
+def _accelerator_available(name: str) -> bool | None:
+    """Whether accelerator ``name`` can run on this machine (None: Lightning knows no such
+    accelerator)."""
+    import torch
+
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    builtin = {"auto": True, "cpu": True, "cuda": cuda, "gpu": cuda or mps, "mps": mps}
+    if name in builtin:
+        return builtin[name]
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    if name not in AcceleratorRegistry:
+        return None
+    try:
+        return bool(AcceleratorRegistry[name]["accelerator"].is_available())
+    except ImportError:  # e.g. tpu without torch_xla installed
+        return False
+
+
+def _check_accelerator(name: str) -> None:
+    available = _accelerator_available(name)
+    if available is None:
+        from lightning.pytorch.accelerators import AcceleratorRegistry
+
+        known = sorted({"auto", "gpu", *AcceleratorRegistry.available_accelerators()})
+        raise ConfigError(f"trainer.accelerator: unknown {name!r}; known: {', '.join(known)}")
+    if not available:
+        raise ConfigError(
+            f"trainer.accelerator: {name!r} is not available on this machine; "
+            "use accelerator=cpu (or auto: the best one found)"
+        )
+
+
+# MLflow's tracking stores: servers, local folders and SQLAlchemy databases (``dialect+driver``)
+TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
+def _check_tracking_uri(uri: str | None) -> None:
+    """``logger.tracking_uri`` has a scheme MLflow stores runs under (a misspelt one would
+    only fail once the run starts), or is an absolute path or ``databricks``."""
+    if not uri:
+        return
+    scheme = urlsplit(uri).scheme.split("+", 1)[0].lower()
+    if scheme in TRACKING_SCHEMES or (not scheme and (uri == "databricks" or uri[0] == "/")):
+        return
+    problem = (
+        f"unknown scheme {scheme!r} in {uri!r}"
+        if scheme
+        else f"{uri!r} has no scheme (a relative path would change with the current directory)"
+    )
+    raise ConfigError(
+        f"logger.tracking_uri: {problem}; expected http://, https://, file:, sqlite:///, "
+        "postgresql://, mysql://, mssql://, databricks or an absolute path (null: the local store)"
+    )
 
 
 def _check_init_from(value: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,32 @@ def test_cli_exit_code_2_without_traceback():
         "config error: method.alpha: unknown key "
         "(known: chunk_elements, label_smoothing, loss_weights, name)"
     ]
+
+
+def test_cli_scalar_block_stops_before_any_work(tmp_path):
+    """``method=clip`` (a scalar where the method's block belongs): one line, exit 2, quickly,
+    and nothing written (no data, stage directory or MLflow run)."""
+    start = time.monotonic()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(EXPERIMENTS / "run.py"),
+            str(EXPERIMENTS / "clip.yaml"),
+            "method=clip",
+            f"output_dir={tmp_path / 'outputs'}",
+            f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "config error: method: expected a block of keys (method.name=..., ...), "
+        "got the scalar 'clip'"
+    ]
+    assert time.monotonic() - start < 60  # imports only: no data, no trainer
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_stage_references_per_tower_and_features_from(tmp_path):
