@@ -1,19 +1,27 @@
 """Checkpoints that survive a kill and say where they come from.
 
-- :class:`AtomicCheckpointIO` writes every checkpoint to a temporary file beside the target,
-  flushes it to disk and renames it into place, so a killed run never leaves a truncated
-  checkpoint; it loads with ``weights_only=True`` (tensors and plain containers only).
+- :class:`AtomicCheckpointIO` writes every checkpoint to a temporary file beside the target
+  (named after the process, so two runs writing one directory never share it), flushes it to
+  disk and renames it into place, so a killed run never leaves a truncated checkpoint; it loads
+  with ``weights_only=True`` (tensors and plain containers only).
 - :class:`RunState` stores in every checkpoint what resuming needs besides Lightning's own
   state: the MLflow run id (a resumed run logs into the same run), the stage's method and config
   hash (a checkpoint of another experiment is refused), and the random number generators (so
   the steps after a resume draw what they would have drawn).
-- :class:`PeriodicCheckpoint` writes ``last.ckpt`` every ``every_n_steps`` optimiser steps.
+- :class:`PeriodicCheckpoint` writes ``last.ckpt`` every ``every_n_steps`` optimiser steps and
+  at the batch boundary where a SIGTERM stops training.
+- :func:`stage_lock` keeps a second run out of a stage directory another run is writing.
+- A checkpoint that cannot be resumed from (corrupt, of another experiment, in use) is a
+  :class:`CheckpointError` naming the file and what to do.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +30,9 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from modules.base import load_checkpoint
-
 LAST = "last.ckpt"
+LOCK = ".lock"
+RESTART = "delete it to start the stage again, or run without resume=true"
 
 
 class CheckpointError(ValueError):
@@ -32,14 +40,15 @@ class CheckpointError(ValueError):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write to ``.<name>.tmp``, fsync, rename; load with ``weights_only=True``."""
+    """Write to ``.<name>.<pid>.tmp``, fsync, rename; load with ``weights_only=True`` (a file
+    that does not load is a :class:`CheckpointError`: Lightning loads only the resumed one)."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
     ) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as handle:
             torch.save(checkpoint, handle)
             handle.flush()
@@ -49,7 +58,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        return read_checkpoint(Path(path), map_location or "cpu")
+
+
+def read_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """The checkpoint at ``path`` (tensors and plain containers only) for resuming; one that
+    does not load (truncated, garbage) is a :class:`CheckpointError` saying what to do."""
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise  # missing or unreadable, not corrupt
+    except Exception as err:  # torch's errors depend on how the file is broken (even IndexError)
+        raise CheckpointError(
+            f"{path} is corrupt (it does not load: {type(err).__name__}); {RESTART}"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} is not a training checkpoint; {RESTART}")
+    return checkpoint
 
 
 def rng_state() -> dict[str, Any]:
@@ -87,13 +112,16 @@ class RunState(L.Callback):
 
 
 def resume_identity(path: Path, method: str, config_hash: str) -> dict[str, Any]:
-    """The identity stored in ``path``; refuses a checkpoint of another method or config."""
-    checkpoint = load_checkpoint(str(path))
+    """The identity stored in ``path``; refuses a corrupt checkpoint, or one of another method
+    or config."""
+    checkpoint = read_checkpoint(Path(path))
     saved = checkpoint.get("alignlab")
-    if saved is None:
-        raise ValueError(f"{path} is not an alignlab training checkpoint (no run identity)")
+    if not isinstance(saved, dict) or not {"method", "config_hash"} <= saved.keys():
+        raise CheckpointError(
+            f"{path} is not an alignlab training checkpoint (no run identity); {RESTART}"
+        )
     if (saved["method"], saved["config_hash"]) != (method, config_hash):
-        raise ValueError(
+        raise CheckpointError(
             f"{path} was written by method {saved['method']!r} with config hash "
             f"{saved['config_hash']}; this stage is {method!r} with {config_hash}: not resuming"
         )
@@ -104,11 +132,58 @@ class PeriodicCheckpoint(L.Callback):
     """``<dirpath>/last.ckpt`` every ``every_n_steps`` optimiser steps (atomically, through the
     trainer's checkpoint IO), for ``resume=true`` after a crash or kill. Written as step n ends,
     where Lightning's resume bookkeeping expects it; the trainer logs step n's metrics just
-    after, so a kill in that instant loses those logged values, not the training state."""
+    after, so a kill in that instant loses those logged values, not the training state.
+
+    Also written at the batch end where Lightning has noted a SIGTERM (it stops training just
+    after), so a terminated run resumes from that step, not from the last multiple of n."""
 
     def __init__(self, dirpath: Path, every_n_steps: int) -> None:
         self.path, self.every_n_steps = Path(dirpath) / LAST, every_n_steps
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step % self.every_n_steps == 0:
+        if trainer.global_step % self.every_n_steps == 0 or _terminating(trainer):
             trainer.save_checkpoint(str(self.path))
+
+
+def _terminating(trainer: L.Trainer) -> bool:
+    """Whether any process has received SIGTERM: decided together (saving is collective, so
+    under DDP every rank must agree to save, whichever rank the signal reached first)."""
+    return trainer.strategy.reduce_boolean_decision(trainer.received_sigterm, all=False)
+
+
+@contextmanager
+def stage_lock(stage_dir: Path) -> Iterator[None]:
+    """Hold ``<stage_dir>/.lock`` (an exclusive ``flock``, the holder's pid written inside)
+    while this run writes the stage, so a second run of the same stage and output_dir stops
+    instead of overwriting its checkpoints. The system drops the lock if the process dies."""
+    stage_dir = Path(stage_dir)
+    try:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot create the stage folder {stage_dir} ({type(err).__name__}: "
+            f"{err.strerror or err}); set output_dir=... to a folder this run can write"
+        ) from None
+    with open(stage_dir / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise CheckpointError(
+                f"{stage_dir} is in use by another run (pid {holder}); wait for it or set "
+                "output_dir=... to use another directory"
+            ) from None
+        _write_pid(handle)
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_pid(handle: Any) -> None:
+    """This process's id as the lock file's only content (opened for appending: at offset 0)."""
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
