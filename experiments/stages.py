@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,6 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from callbacks.data_health import SkippedSamples
@@ -41,6 +41,7 @@ from experiments.checkpoints import (
     PeriodicCheckpoint,
     RunState,
     resume_identity,
+    stage_lock,
 )
 from experiments.config import MODALITIES, REPO_ROOT, Stage, config_hash, references
 from experiments.run_page import (
@@ -52,7 +53,7 @@ from experiments.run_page import (
     run_name,
     used_params,
 )
-from experiments.tracking import Tracker
+from experiments.tracking import OFFLINE, Tracker
 from modules.base import FitContext, load_checkpoint, module_from_checkpoint
 from modules.registry import DATAMODULES, METHODS, as_dataclass
 from modules.towers import build_tokenizer
@@ -204,9 +205,18 @@ def run_experiment(
             if reusable and (stage_dir / DONE).is_file():
                 results[stage.name] = _reuse(stage, stage_dir, tracker, parent_id, invocation)
             else:
-                results[stage.name] = _train(
-                    stage, hashes[stage.name], stage_dir, results, tracker, parent_id, invocation
-                )
+                # one run at a time writes a stage's folder (under DDP: the launching process)
+                lock = stage_lock(stage_dir) if rank_zero_only.rank == 0 else nullcontext()
+                with lock:
+                    results[stage.name] = _train(
+                        stage,
+                        hashes[stage.name],
+                        stage_dir,
+                        results,
+                        tracker,
+                        parent_id,
+                        invocation,
+                    )
     except BaseException as err:
         error = err
         raise
@@ -220,6 +230,7 @@ def run_experiment(
                 text = description(*parent_text, metrics=tested)
                 tracker.set_tags(parent_id, {"mlflow.note.content": text})
             tracker.finish(parent_id, end_status(error))
+        tracker.flush(root)
     return list(results.values())
 
 
@@ -402,8 +413,10 @@ def _train(
 
     last = stage_dir / LAST
     resume_from = last if cfg["resume"] and last.is_file() else None
-    if resume_from is not None:
-        identity = resume_identity(resume_from, method, digest)
+    identity = resume_identity(resume_from, method, digest) if resume_from else None
+    # a run started while the tracking server was down has no id the store knows
+    reopened = identity is not None and not str(identity["run_id"]).startswith(OFFLINE)
+    if reopened:
         run_id = identity["run_id"] if tracker.active else None
         tracker.reopen(run_id)
         log.info(
@@ -414,7 +427,14 @@ def _train(
             run_id,
         )
     else:
-        if cfg["resume"]:
+        if identity is not None:
+            log.info(
+                "stage %s: resuming from %s into a new MLflow run (its first started while "
+                "the tracking server was down)",
+                stage.name,
+                resume_from,
+            )
+        elif cfg["resume"]:
             log.info("stage %s: nothing to resume in %s; starting", stage.name, stage_dir)
         tags = {
             "alignlab.method": method,
@@ -431,7 +451,7 @@ def _train(
     # from here on the run exists: whatever stops the stage, its run ends FAILED or KILLED
     error: BaseException | None = None
     try:
-        if resume_from is None:
+        if not reopened:
             _open_run(cfg, digest, stage_dir, datamodule, tracker, run_id, invocation)
         metrics, best = _fit(
             cfg, method, digest, stage, stage_dir, datamodule, module, tracker, run_id, resume_from
@@ -450,6 +470,7 @@ def _train(
         raise
     finally:
         tracker.finish(run_id, end_status(error))
+        tracker.flush(stage_dir)  # what a dead server did not take: sent, kept locally or saved
     params = used_params(cfg, list(datamodule.modalities))
     if rank_zero_only.rank == 0:
         result = {
@@ -521,9 +542,7 @@ def _fit(
     trainer_cfg = {k: v for k, v in cfg["trainer"].items() if v is not None}
     if not module.automatic_optimization:  # the module clips in its own (manual) step
         module.gradient_clip_val = trainer_cfg.pop("gradient_clip_val", None)
-    logger = MLFlowLogger(
-        experiment_name=tracker.experiment_name, tracking_uri=tracker.uri, run_id=run_id
-    )
+    logger = tracker.logger(run_id)
     evaluation = cfg["evaluation"]
     monitor = monitor_of(chosen_evaluators(module, datamodule, evaluation), datamodule)
     best = ModelCheckpoint(

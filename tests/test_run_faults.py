@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow.tracking import MlflowClient
 
 import experiments.stages as stages_module
+from experiments.checkpoints import CheckpointError
 from experiments.config import REPO_ROOT, load_experiment
 from experiments.stages import Interrupted, Invocation, run_experiment
 from tests.test_resume import TINY
@@ -32,8 +33,9 @@ def runs_of(store: Path, experiment: str) -> list:
 
 def test_sigterm_exits_143_marks_the_run_killed_and_resumes_from_another_directory(tmp_path):
     """SIGTERM mid-training: exit 143, one line naming the checkpoint and the resume command,
-    the run KILLED. The same command with resume=true, started from another working directory
-    with the same relative output_dir, continues that run to FINISHED."""
+    the run KILLED; a second run of the same stage meanwhile is refused (exit 2). The same
+    command with resume=true, started from another working directory with the same relative
+    output_dir, continues that run to FINISHED."""
     relative = f"outputs/pytest-sigterm-{uuid.uuid4().hex[:8]}"
     store = tmp_path / "mlflow.db"
     args = [
@@ -61,6 +63,13 @@ def test_sigterm_exits_143_marks_the_run_killed_and_resumes_from_another_directo
             assert proc.poll() is None, proc.communicate()[1][-2000:]
             assert time.monotonic() < deadline, "no checkpoint within 120 s"
             time.sleep(0.2)
+        # the same stage started again meanwhile: refused in one line, no run left RUNNING
+        twin = subprocess.run(
+            [sys.executable, *args], cwd=second, capture_output=True, text=True, timeout=120
+        )
+        assert twin.returncode == 2, twin.stderr[-2000:]
+        assert twin.stderr.strip().splitlines()[-1].startswith("checkpoint error: ")
+        assert f"in use by another run (pid {proc.pid})" in twin.stderr
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 143, err[-2000:]
@@ -120,9 +129,9 @@ def test_sigterm_outside_the_trainer_stops_through_the_same_path(tmp_path, monke
     assert "before its first checkpoint" in message
 
 
-def test_a_failure_after_the_run_exists_marks_it_failed(tmp_path):
-    """An output_dir that cannot be created (here: under a file; chmod does not bind root)
-    fails after the MLflow run was created: the run ends FAILED, not RUNNING."""
+def test_an_output_dir_that_cannot_be_made_stops_before_any_run(tmp_path):
+    """An output_dir under a file (chmod does not bind root): one checkpoint error naming the
+    folder, before an MLflow run exists (none is left RUNNING)."""
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     stages = load_experiment(
@@ -134,7 +143,28 @@ def test_a_failure_after_the_run_exists_marks_it_failed(tmp_path):
             "logger.experiment_name=failed",
         ],
     )
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="cannot create the stage folder .*file/out"):
+        run_experiment(stages)
+    assert runs_of(tmp_path / "mlflow.db", "failed") == []
+
+
+def test_a_failure_after_the_run_exists_marks_it_failed(tmp_path, monkeypatch):
+    """Whatever fails once the stage's MLflow run exists (here the trainer) ends it FAILED."""
+
+    def broken_fit(*args, **kwargs):
+        raise RuntimeError("the trainer broke")
+
+    monkeypatch.setattr(stages_module, "_fit", broken_fit)
+    stages = load_experiment(
+        REPO_ROOT / "experiments" / "clip.yaml",
+        [
+            *TINY,
+            f"output_dir={tmp_path / 'out'}",
+            f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "logger.experiment_name=failed",
+        ],
+    )
+    with pytest.raises(RuntimeError, match="the trainer broke"):
         run_experiment(stages)
     (run,) = runs_of(tmp_path / "mlflow.db", "failed")
     assert run.info.status == "FAILED"

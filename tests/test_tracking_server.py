@@ -4,6 +4,7 @@ UI shows them; an unreachable server stops a run before training, or falls back 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -22,12 +23,11 @@ from mlflow.tracking import MlflowClient
 
 from experiments.compare import main as compare
 from experiments.config import ConfigError, load_experiment
-from experiments.stages import StageResult, run_experiment
+from experiments.stages import Invocation, StageResult, run_experiment
 from experiments.tracking import default_tracking_uri, unreachable
 from tests.test_experiments import EXPERIMENTS, tiny
 
 SERVE = Path(__file__).resolve().parents[1] / "mlflow" / "serve.sh"
-HASHED_NAME = r"[a-z_]+-image_text-[0-9a-f]{10}"
 
 
 def free_port() -> int:
@@ -118,10 +118,11 @@ def test_chain_reads_back_through_the_server(server, chain):
     assert children["pretrain"].info.run_id == pretrain.run_id
     assert children["refine"].info.run_id == refine.run_id
 
-    assert re.fullmatch(rf"hycd-image_text-{refine.hash}", parent.info.run_name)
+    assert parent.info.run_name == "hycd seed=0"
     assert parent.data.tags["alignlab.stages"] == "pretrain,refine"
-    assert children["pretrain"].info.run_name == f"pretrain:clip-image_text-{pretrain.hash}"
-    assert children["refine"].info.run_name == f"refine:clip_refine-image_text-{refine.hash}"
+    assert children["pretrain"].info.run_name == "pretrain: clip seed=0"
+    assert children["refine"].info.run_name == "refine: clip_refine seed=0"
+    assert parent.data.params["method.name"] == "clip_refine"  # the chain's row is filled in
     for run in runs:
         tags = run.data.tags
         assert run.info.status == "FINISHED"
@@ -162,62 +163,80 @@ def test_chain_reads_back_through_the_server(server, chain):
     }
 
 
-def test_two_methods_side_by_side_as_the_ui_run_table_shows_them(server, chain, outputs, capsys):
-    """What the experiment page lists for a CLIP run and a CLIP-Refine run (from the chain's
-    pre-trained checkpoint) logged to one experiment: two top-level runs, each named
-    ``<method>-<data>-<hash>``, the method tag and params telling them apart, and the same
-    metric columns filled for both."""
-    checkpoint = str(chain[0].checkpoint)
-    common = ("logger.experiment_name=methods", f"logger.tracking_uri={server}")
-    run_experiment(load_experiment(EXPERIMENTS / "clip.yaml", tiny(outputs, *common)))
-    refine = tiny(
-        outputs,
-        *common,
-        "method={name: clip_refine, loss_weights: {clip: 1.0, rafa: 1.0, hycd: 1.0}}",
-        f"init_from={checkpoint}",
-        f"teacher_from={checkpoint}",
-    )
-    run_experiment(load_experiment(EXPERIMENTS / "clip.yaml", refine))
+def rest(server: str, endpoint: str, body: dict | None = None) -> dict:
+    """A call of the server's REST API, as the UI makes it (GET without a body, else POST)."""
+    url = f"{server}/api/2.0/mlflow/{endpoint}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
 
-    client = MlflowClient(server)
-    experiment = client.get_experiment_by_name("methods")
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    assert len(runs) == 2
-    clip, clip_refine = runs
-    for run, method in ((clip, "clip"), (clip_refine, "clip_refine")):
-        assert "mlflow.parentRunId" not in run.data.tags  # top-level rows, no expander
-        assert "alignlab.stage" not in run.data.tags
-        assert re.fullmatch(rf"{method}-image_text-[0-9a-f]{{10}}", run.info.run_name)
-        assert run.data.tags["alignlab.method"] == method
-        assert run.data.params["method.name"] == method
-        assert run.info.status == "FINISHED"
-    assert clip.info.run_name != clip_refine.info.run_name
-    assert all(re.fullmatch(HASHED_NAME, r.info.run_name) for r in runs)
-    assert clip.data.params["init_from"] == "None"
-    assert clip_refine.data.params["init_from"] == checkpoint
-    shared = set(clip.data.metrics) & set(clip_refine.data.metrics)
-    assert {
-        "train/loss",
-        "train/logit_scale",
-        "val/retrieval/mean_R1",
-        "test/retrieval/mean_R1",
-        "test/retrieval/image_to_text/R1",
-        "test/retrieval/text_to_image/R1",
-        "test/alignment",
-        "test/modality_gap",
-        "test/zero_shot/shape/accuracy",
-    } <= shared
-    assert {"train/loss/rafa", "train/loss/hycd"} <= set(clip_refine.data.metrics) - shared
 
-    # the same two rows through experiments/compare.py, against the server
+def test_two_methods_side_by_side_as_the_ui_run_table_shows_them(server, outputs, capsys):
+    """What the runs table of the served UI gets for a CLIP run (lr changed on the command line)
+    and an ALIGN run on the same data: one experiment named by the data that opens on the runs
+    table, runs named by method and overrides, a description with the command and headline
+    results, the dataset input, only the params used, rounded Summary metrics first."""
+    common = (f"logger.tracking_uri={server}",)
+    clip_overrides = ["optim.lr=3e-4", "seed=1"]
+    for yaml_file, changed in (("clip.yaml", clip_overrides), ("align.yaml", [])):
+        stages = load_experiment(EXPERIMENTS / yaml_file, tiny(outputs, *common, *changed))
+        command = " ".join(["python experiments/run.py", f"experiments/{yaml_file}", *changed])
+        run_experiment(
+            stages, invocation=Invocation(changed, str(EXPERIMENTS / yaml_file), command)
+        )
+
+    experiment = rest(server, "experiments/get-by-name?experiment_name=image_text")["experiment"]
+    tags = {t["key"]: t["value"] for t in experiment["tags"]}
+    assert tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs
+    found = rest(
+        server,
+        "runs/search",
+        {"experiment_ids": [experiment["experiment_id"]], "order_by": ["attributes.start_time"]},
+    )["runs"]
+    assert [r["info"]["run_name"] for r in found] == ["clip optim.lr=3e-4 seed=1", "align seed=0"]
+    for run, method in zip(found, ("clip", "align"), strict=True):
+        info, data = run["info"], run["data"]
+        assert info["status"] == "FINISHED"
+        run_tags = {t["key"]: t["value"] for t in data["tags"]}
+        assert "mlflow.parentRunId" not in run_tags  # top-level rows, no expander
+        assert run_tags["mlflow.source.name"] == f"experiments/{method}.yaml"
+        assert run_tags["mlflow.user"]
+        note = run_tags["mlflow.note.content"]
+        assert note.startswith(f"`python experiments/run.py experiments/{method}.yaml")
+        assert ("`optim.lr=3e-4`" in note) == (method == "clip")
+        assert "| retrieval/mean_R1 |" in note and "Best checkpoint: epoch 0" in note
+        assert "percentages" in note  # the units of R@K
+
+        (dataset,) = run["inputs"]["dataset_inputs"]
+        assert dataset["dataset"]["name"] == "image_text-embedded"
+        # the splits loaded when the run opens (the test split loads after training)
+        assert json.loads(dataset["dataset"]["profile"]) == {"train_items": 48, "val_items": 8}
+
+        params = {p["key"]: p["value"] for p in data["params"]}
+        assert params["method.name"] == method
+        assert not [k for k in params if k.startswith(("model.video", "model.audio", "logger."))]
+        assert "None" not in params.values() and "" not in params.values()
+
+        metrics = {m["key"]: m["value"] for m in data["metrics"]}
+        summary = metrics["Summary/retrieval/mean_R1"]
+        assert summary == pytest.approx(metrics["test/retrieval/mean_R1"], rel=1e-5)
+        assert all(float(f"{v:.6g}") == v for v in metrics.values())  # no float32 noise
+        assert min(metrics) == min(k for k in metrics if k.startswith("Summary/"))  # sorts first
+    clip_params = {p["key"]: p["value"] for p in found[0]["data"]["params"]}
+    assert clip_params["optim.lr"] == "0.0003" and clip_params["seed"] == "1"
+    align_metrics = {m["key"] for m in found[1]["data"]["metrics"]}
+    assert "train/loss/mean_form" in align_metrics  # on CLIP's scale beside the summed loss
+
+    # the same two rows through experiments/compare.py: labelled by the params that differ
     chart = outputs / "methods.png"
-    capsys.readouterr()  # MLflow's own "View run ... at: ..." lines from the runs above
-    assert compare(["methods", "--tracking-uri", server, "--out", str(chart)]) == 0
-    rows = capsys.readouterr().out.splitlines()[2:4]
-    assert [row.split()[:3] for row in rows] == [
-        [clip.info.run_name, "-", "clip"],
-        [clip_refine.info.run_name, "-", "clip_refine"],
-    ]
+    capsys.readouterr()
+    assert compare(["image_text", "--tracking-uri", server, "--out", str(chart)]) == 0
+    out = capsys.readouterr().out
+    (clip_row,) = [line for line in out.splitlines() if "method.name=clip" in line]
+    (align_row,) = [line for line in out.splitlines() if "method.name=align" in line]
+    assert "optim.lr=0.0003" in clip_row and "FINISHED" in clip_row and "FINISHED" in align_row
+    assert f"/#/experiments/{experiment['experiment_id']}/runs?workflowType=" in out
     assert chart.read_bytes()[:4] == b"\x89PNG"
 
 
