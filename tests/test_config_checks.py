@@ -212,7 +212,10 @@ def test_tracking_uris_mlflow_takes(uri):
     [
         ("htp://host", "unknown scheme 'htp' in 'htp://host'"),
         ("sqlte:///x", "unknown scheme 'sqlte' in 'sqlte:///x'"),
-        ("mlruns", "'mlruns' has no scheme"),
+        (
+            "mlruns",
+            "'mlruns' has no scheme (a relative path would change with the current directory)",
+        ),
     ],
 )
 def test_a_misspelt_tracking_uri(uri, problem):

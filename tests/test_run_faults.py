@@ -17,9 +17,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow.tracking import MlflowClient
 
 import experiments.stages as stages_module
-from experiments.checkpoints import CheckpointError
+from experiments.checkpoints import CheckpointError, stage_lock
 from experiments.config import REPO_ROOT, load_experiment
-from experiments.stages import Interrupted, Invocation, run_experiment
+from experiments.stages import Interrupted, Invocation, run_experiment, stage_hashes
 from tests.test_resume import TINY
 
 RUN = REPO_ROOT / "experiments" / "run.py"
@@ -33,16 +33,15 @@ def runs_of(store: Path, experiment: str) -> list:
 
 def test_sigterm_exits_143_marks_the_run_killed_and_resumes_from_another_directory(tmp_path):
     """SIGTERM mid-training: exit 143, one line naming the checkpoint and the resume command,
-    the run KILLED; a second run of the same stage meanwhile is refused (exit 2). The same
-    command with resume=true, started from another working directory with the same relative
-    output_dir, continues that run to FINISHED."""
+    the run KILLED. The same command with resume=true, started from another working directory
+    with the same relative output_dir, continues that run to FINISHED."""
     relative = f"outputs/pytest-sigterm-{uuid.uuid4().hex[:8]}"
     store = tmp_path / "mlflow.db"
     args = [
         str(RUN),
         str(REPO_ROOT / "experiments" / "clip.yaml"),
         *[o for o in TINY if not o.startswith("trainer.max_epochs")],
-        "trainer.max_epochs=40",
+        "trainer.max_epochs=20",
         "checkpoint_every_n_steps=2",
         f"output_dir={relative}",
         f"logger.tracking_uri=sqlite:///{store}",
@@ -63,13 +62,6 @@ def test_sigterm_exits_143_marks_the_run_killed_and_resumes_from_another_directo
             assert proc.poll() is None, proc.communicate()[1][-2000:]
             assert time.monotonic() < deadline, "no checkpoint within 120 s"
             time.sleep(0.2)
-        # the same stage started again meanwhile: refused in one line, no run left RUNNING
-        twin = subprocess.run(
-            [sys.executable, *args], cwd=second, capture_output=True, text=True, timeout=120
-        )
-        assert twin.returncode == 2, twin.stderr[-2000:]
-        assert twin.stderr.strip().splitlines()[-1].startswith("checkpoint error: ")
-        assert f"in use by another run (pid {proc.pid})" in twin.stderr
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 143, err[-2000:]
@@ -193,3 +185,61 @@ def test_a_chain_interrupted_in_a_later_stage_marks_parent_and_stage_killed(tmp_
     runs = runs_of(tmp_path / "mlflow.db", "chain")
     status = {r.data.tags.get("alignlab.stage", "parent"): r.info.status for r in runs}
     assert status == {"parent": "KILLED", "pretrain": "FINISHED", "refine": "KILLED"}
+
+
+def test_a_malformed_manifest_is_one_data_error_line_and_exit_2(tmp_path):
+    """A JSONL manifest with a broken line: `data error: <file>:<line>: ...`, exit 2, no
+    traceback, and no MLflow run left behind."""
+    from tests.test_experiments import write_jsonl_dataset
+
+    write_jsonl_dataset(tmp_path / "data")
+    manifest = tmp_path / "data" / "train.jsonl"
+    manifest.write_text(manifest.read_text() + "{not json\n")
+    broken_line = len(manifest.read_text().splitlines())
+    store = tmp_path / "mlflow.db"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(RUN),
+            str(REPO_ROOT / "experiments" / "clip.yaml"),
+            *TINY,
+            "data.format=jsonl",
+            f"data.root={tmp_path / 'data'}",
+            f"output_dir={tmp_path / 'out'}",
+            f"logger.tracking_uri=sqlite:///{store}",
+            "logger.experiment_name=bad-data",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"data error: {manifest}:{broken_line}"), last
+    assert "Traceback" not in done.stderr
+    assert all(run.info.status != "RUNNING" for run in runs_of(store, "bad-data"))
+
+
+def test_a_stage_another_run_is_writing_is_refused_in_one_line(tmp_path):
+    """The same stage and output_dir while another process writes it (here this test holds
+    its lock): `checkpoint error: ... in use by another run (pid N)`, exit 2, no MLflow run."""
+    overrides = [
+        *TINY,
+        f"output_dir={tmp_path / 'out'}",
+        f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "logger.experiment_name=twin",
+    ]
+    config = REPO_ROOT / "experiments" / "clip.yaml"
+    stages = load_experiment(config, overrides)
+    stage = stages[-1]
+    with stage_lock(tmp_path / "out" / f"{stage.name}-{stage_hashes(stages)[stage.name]}"):
+        done = subprocess.run(
+            [sys.executable, str(RUN), str(config), *overrides],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("checkpoint error: ") and f"(pid {os.getpid()})" in last, last
+    assert runs_of(tmp_path / "mlflow.db", "twin") == []
