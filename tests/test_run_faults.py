@@ -23,6 +23,18 @@ from experiments.stages import Interrupted, Invocation, run_experiment, stage_ha
 from tests.test_resume import TINY
 
 RUN = REPO_ROOT / "experiments" / "run.py"
+CLIP = REPO_ROOT / "experiments" / "clip.yaml"
+
+
+def tiny_clip(tmp_path: Path, experiment: str, *extra: str) -> list[str]:
+    """Overrides of a tiny clip.yaml run with its outputs and MLflow store in ``tmp_path``."""
+    return [
+        *TINY,
+        f"output_dir={tmp_path / 'out'}",
+        f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"logger.experiment_name={experiment}",
+        *extra,  # last: they win
+    ]
 
 
 def runs_of(store: Path, experiment: str) -> list:
@@ -100,15 +112,7 @@ def test_sigterm_outside_the_trainer_stops_through_the_same_path(tmp_path, monke
             time.sleep(5)  # the handler raises before this ends
 
         monkeypatch.setattr(stages_module, "_open_run", terminated)
-        stages = load_experiment(
-            REPO_ROOT / "experiments" / "clip.yaml",
-            [
-                *TINY,
-                f"output_dir={tmp_path / 'out'}",
-                f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                "logger.experiment_name=early",
-            ],
-        )
+        stages = load_experiment(CLIP, tiny_clip(tmp_path, "early"))
         with pytest.raises(Interrupted) as stopped:
             run_experiment(stages, invocation=Invocation([]))
     finally:
@@ -126,15 +130,7 @@ def test_an_output_dir_that_cannot_be_made_stops_before_any_run(tmp_path):
     folder, before an MLflow run exists (none is left RUNNING)."""
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    stages = load_experiment(
-        REPO_ROOT / "experiments" / "clip.yaml",
-        [
-            *TINY,
-            f"output_dir={blocker / 'out'}",
-            f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-            "logger.experiment_name=failed",
-        ],
-    )
+    stages = load_experiment(CLIP, tiny_clip(tmp_path, "failed", f"output_dir={blocker / 'out'}"))
     with pytest.raises(CheckpointError, match="cannot create the stage folder .*file/out"):
         run_experiment(stages)
     assert runs_of(tmp_path / "mlflow.db", "failed") == []
@@ -147,15 +143,7 @@ def test_a_failure_after_the_run_exists_marks_it_failed(tmp_path, monkeypatch):
         raise RuntimeError("the trainer broke")
 
     monkeypatch.setattr(stages_module, "_fit", broken_fit)
-    stages = load_experiment(
-        REPO_ROOT / "experiments" / "clip.yaml",
-        [
-            *TINY,
-            f"output_dir={tmp_path / 'out'}",
-            f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-            "logger.experiment_name=failed",
-        ],
-    )
+    stages = load_experiment(CLIP, tiny_clip(tmp_path, "failed"))
     with pytest.raises(RuntimeError, match="the trainer broke"):
         run_experiment(stages)
     (run,) = runs_of(tmp_path / "mlflow.db", "failed")
@@ -196,19 +184,9 @@ def test_a_malformed_manifest_is_one_data_error_line_and_exit_2(tmp_path):
     manifest = tmp_path / "data" / "train.jsonl"
     manifest.write_text(manifest.read_text() + "{not json\n")
     broken_line = len(manifest.read_text().splitlines())
-    store = tmp_path / "mlflow.db"
+    data = ("data.format=jsonl", f"data.root={tmp_path / 'data'}")
     done = subprocess.run(
-        [
-            sys.executable,
-            str(RUN),
-            str(REPO_ROOT / "experiments" / "clip.yaml"),
-            *TINY,
-            "data.format=jsonl",
-            f"data.root={tmp_path / 'data'}",
-            f"output_dir={tmp_path / 'out'}",
-            f"logger.tracking_uri=sqlite:///{store}",
-            "logger.experiment_name=bad-data",
-        ],
+        [sys.executable, str(RUN), str(CLIP), *tiny_clip(tmp_path, "bad-data", *data)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -217,24 +195,18 @@ def test_a_malformed_manifest_is_one_data_error_line_and_exit_2(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"data error: {manifest}:{broken_line}"), last
     assert "Traceback" not in done.stderr
-    assert all(run.info.status != "RUNNING" for run in runs_of(store, "bad-data"))
+    assert all(r.info.status != "RUNNING" for r in runs_of(tmp_path / "mlflow.db", "bad-data"))
 
 
 def test_a_stage_another_run_is_writing_is_refused_in_one_line(tmp_path):
     """The same stage and output_dir while another process writes it (here this test holds
     its lock): `checkpoint error: ... in use by another run (pid N)`, exit 2, no MLflow run."""
-    overrides = [
-        *TINY,
-        f"output_dir={tmp_path / 'out'}",
-        f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        "logger.experiment_name=twin",
-    ]
-    config = REPO_ROOT / "experiments" / "clip.yaml"
-    stages = load_experiment(config, overrides)
+    overrides = tiny_clip(tmp_path, "twin")
+    stages = load_experiment(CLIP, overrides)
     stage = stages[-1]
     with stage_lock(tmp_path / "out" / f"{stage.name}-{stage_hashes(stages)[stage.name]}"):
         done = subprocess.run(
-            [sys.executable, str(RUN), str(config), *overrides],
+            [sys.executable, str(RUN), str(CLIP), *overrides],
             capture_output=True,
             text=True,
             timeout=300,
