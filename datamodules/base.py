@@ -28,6 +28,7 @@ import lightning as L
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Subset
 
+from datamodules.errors import DataError
 from datamodules.samplers import EvalShard, RankSlices, ResumableLoader
 from datamodules.sources import SOURCES
 from datamodules.storage import SPLITS, STAGE_SPLITS
@@ -217,9 +218,9 @@ class SplitsDataModule(L.LightningDataModule):
         if not train:
             return self._eval_loader(dataset, **common)
         if len(dataset) < self.batch_size:
-            raise ValueError(
-                f"train split has {len(dataset)} samples, fewer than batch_size "
-                f"{self.batch_size}: every batch would be dropped"
+            raise DataError(
+                f"train split has {len(dataset)} samples, fewer than data.batch_size "
+                f"{self.batch_size}: every batch would be dropped; lower data.batch_size"
             )
         # One generator drives the worker seeds and the order, as DataLoader(shuffle=True) does.
         generator = torch.Generator().manual_seed(self.seed)

@@ -36,7 +36,10 @@ class DataConfig:
         if not 0.0 <= self.max_skipped_fraction <= 1.0:
             raise ValueError("data.max_skipped_fraction must be between 0 and 1")
         if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("data.batch_size and data.eval_batch_size must be positive")
+            raise ValueError(
+                "data.batch_size and data.eval_batch_size must be positive, got "
+                f"{self.batch_size} and {self.eval_batch_size}"
+            )
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if min(self.num_train, self.num_val, self.num_test) < 1:

@@ -22,6 +22,7 @@ import modules.env  # noqa: E402, F401  (before lightning and mlflow)
 from experiments.config import ConfigError, load_experiment  # noqa: E402
 
 USAGE = "usage: python experiments/run.py CONFIG.yaml [key=value ...]"
+PACKAGES = ("alignlab", "callbacks", "datamodules", "experiments", "modules")  # their loggers
 EXIT_CODES = {"SIGTERM": 143, "SIGINT": 130}  # 128 + the signal's number, as shells report it
 
 
@@ -29,7 +30,7 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2
-    logging.basicConfig(level=logging.INFO, format="alignlab: %(message)s")
+    show_logs(logging.INFO)
     try:
         stages = load_experiment(argv[0], argv[1:])
     except ConfigError as err:
@@ -45,7 +46,7 @@ def main(argv: list[str]) -> int:
 
     leader = rank_zero_only.rank == 0  # under DDP every rank runs this script
     if not leader:
-        logging.getLogger().setLevel(logging.WARNING)
+        show_logs(logging.WARNING)
     signal.signal(signal.SIGTERM, _terminate)
     start = time.perf_counter()
     try:
@@ -68,6 +69,18 @@ def main(argv: list[str]) -> int:
     if leader:
         summarise(results, time.perf_counter() - start)
     return 0
+
+
+def show_logs(level: int) -> None:
+    """alignlab's own log lines on stderr, prefixed ``alignlab:``. Not through the root logger:
+    Lightning prints its own lines itself and would print them twice."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("alignlab: %(message)s"))
+    for name in PACKAGES:
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
 
 
 def _terminate(signum: int, frame: object) -> None:

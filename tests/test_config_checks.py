@@ -84,8 +84,14 @@ def test_a_scalar_block_in_a_yaml_file_and_in_a_stage(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("data.batch_size=0", "data.batch_size and data.eval_batch_size must be positive"),
-        ("data.eval_batch_size=-4", "data.batch_size and data.eval_batch_size must be positive"),
+        (
+            "data.batch_size=0",
+            "data.batch_size and data.eval_batch_size must be positive, got 0 and 256",
+        ),
+        (
+            "data.eval_batch_size=-4",
+            "data.batch_size and data.eval_batch_size must be positive, got 128 and -4",
+        ),
         ("data.batch_size=2.5", "data.batch_size: expected integer, got 2.5"),
         ("data.num_workers=-1", "data.num_workers must be >= 0, got -1"),
         ("optim.lr=0", "optim.lr: must be > 0, got 0.0 (a zero learning rate trains nothing)"),

@@ -491,3 +491,13 @@ def test_sibling_batches_put_hard_negatives_in_one_batch(cache):
     assert together >= len(pairs) - len(batches)  # only a pair cut by a batch boundary splits
     with pytest.raises(ValueError, match="sibling_batches needs data.train_pairs: image"):
         ImageTextDataConfig(sibling_batches=True, train_pairs="caption")
+
+
+def test_a_train_split_smaller_than_a_batch_is_a_data_error(cache):
+    """40 training items in batches of 64 would drop every batch: a DataError (run.py: one
+    line, exit 2) that says what to change, not a training run without steps."""
+    module = ImageTextDataModule(ImageTextDataConfig(**TINY, batch_size=64, eval_batch_size=16))
+    module.prepare_data()
+    setup_with_words(module)
+    with pytest.raises(DataError, match="40 samples, fewer than data.batch_size 64.*lower data"):
+        module.train_dataloader()
