@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.config import SourceDataConfig
+from datamodules.errors import DataError
 from datamodules.formats import ShardStream, StreamLoader
 from datamodules.languages import ParallelLanguages, SyntheticLanguages
 from datamodules.pairs import TRAIN_PAIRS, PairDataModule, PairDataset, TokenizeCollate
@@ -243,14 +244,14 @@ class ImageTextDataModule(PairDataModule):
         drop = np.zeros(data.captions.num_items, dtype=bool)
         for label, excluded in self.cfg.train_exclude.items():
             if label not in names or label not in data.labels:
-                raise ValueError(f"data.train_exclude: the data has no named label {label!r}")
+                raise DataError(f"data.train_exclude: the data has no named label {label!r}")
             unknown = sorted(set(excluded) - set(names[label]))
             if unknown:
-                raise ValueError(f"data.train_exclude: {label} has no classes {unknown}")
+                raise DataError(f"data.train_exclude: {label} has no classes {unknown}")
             ids = [names[label].index(name) for name in excluded]
             drop |= np.isin(np.asarray(data.labels[label]), ids)
         if drop.all():
-            raise ValueError("data.train_exclude leaves no training item")
+            raise DataError("data.train_exclude leaves no training item")
         return drop
 
     def _dataset(self, split: str) -> PairDataset:

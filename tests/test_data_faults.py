@@ -22,7 +22,7 @@ from callbacks.evaluation import EmbeddingMetrics
 from datamodules import ImageTextDataConfig, ImageTextDataModule
 from datamodules.audio_visual import AudioVisualDataConfig, AudioVisualDataModule
 from datamodules.errors import DataError, DataFileMissing
-from datamodules.formats import read_video_csv
+from datamodules.formats import read_jsonl, read_video_csv
 from datamodules.media import MediaError
 from datamodules.medical_report import MedicalReportDataConfig, MedicalReportDataModule
 from datamodules.pairs import PairDataset, TokenizeCollate
@@ -406,3 +406,11 @@ def test_max_skipped_fraction_is_validated():
             cfg(max_skipped_fraction=1.5)
     with pytest.raises(ValueError, match="data.max_skipped_fraction"):
         MedicalReportDataConfig(max_skipped_fraction=-0.1)
+
+
+def test_a_manifest_that_is_not_utf8_is_a_data_error_naming_it(tmp_path):
+    """Latin-1 bytes in a JSONL manifest: a DataError with the file, not a UnicodeDecodeError."""
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_bytes('{"image": "a.png", "captions": ["caf\u00e9"]}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=rf"{re.escape(str(manifest))}: not UTF-8 text"):
+        read_jsonl(manifest, tmp_path)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from datamodules.errors import DataError
 from datamodules.image_text import ImageTextDataConfig, ImageTextDataModule
 from tests.tiny_modules import setup_with_words
 
@@ -47,7 +48,8 @@ def test_excluded_classes_leave_the_training_split_only(tmp_path):
 
 
 def test_unknown_labels_or_classes_are_one_line_errors(tmp_path):
-    with pytest.raises(ValueError, match="no named label 'size'"):
+    """Data errors (run.py: one line, exit 2): the labels are known once the data is read."""
+    with pytest.raises(DataError, match="no named label 'size'"):
         datamodule(tmp_path, train_exclude={"size": ["big"]})
-    with pytest.raises(ValueError, match=r"color has no classes \['mauve'\]"):
+    with pytest.raises(DataError, match=r"color has no classes \['mauve'\]"):
         datamodule(tmp_path, train_exclude={"color": ["mauve"]})

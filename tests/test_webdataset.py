@@ -344,3 +344,8 @@ def test_lightning_trains_on_shards_and_validates(tmp_path):
     assert len({tuple(epoch) for epoch in items.epochs}) == 3  # a new order every epoch
     assert skipped.seen == {"train": 48, "val": 3 * 12, "test": 0}
     assert skipped.skipped["train"] == 3  # the corrupt image, once per epoch
+
+
+def test_webdataset_without_training_shards_is_a_config_error(tmp_path):
+    with pytest.raises(ValueError, match="data.train_shards: data.format webdataset needs"):
+        _config(tmp_path, train_shards=None)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.errors import DataError, DataFileMissing
+from datamodules.errors import DataError, DataFileMissing, utf8_text
 from datamodules.storage import Captions, FileCaptions, pack_strings
 
 
@@ -146,7 +146,7 @@ def read_jsonl(
     if not manifest.is_file():
         raise DataFileMissing(f"JSONL manifest {manifest} not found")
     items: dict[str, tuple[str, list[str]]] = {}
-    with manifest.open(encoding="utf-8-sig") as lines:
+    with manifest.open(encoding="utf-8-sig") as lines, utf8_text(manifest):
         for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue

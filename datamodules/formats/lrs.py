@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datamodules.errors import DataError, DataFileMissing
+from datamodules.errors import DataError, DataFileMissing, utf8_text
 from datamodules.media import decode_frames
 from datamodules.storage import Captions, FileCaptions, pack_strings
 
@@ -46,7 +46,7 @@ def read_lrs(list_file: str | Path, clips_dir: str | Path) -> FileCaptions:
         raise DataFileMissing(f"LRS list file {list_file} not found")
     ids: list[str] = []
     texts: list[str] = []
-    with list_file.open(encoding="utf-8-sig") as lines:
+    with list_file.open(encoding="utf-8-sig") as lines, utf8_text(list_file):
         for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue

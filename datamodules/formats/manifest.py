@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from datamodules.errors import DataError, DataFileMissing
+from datamodules.errors import DataError, DataFileMissing, utf8_text
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -15,6 +15,7 @@ def read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise DataFileMissing(f"{what} {path} not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
+        with utf8_text(path):
+            return json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.errors import DataError, DataFileMissing
+from datamodules.errors import DataError, DataFileMissing, utf8_text
 from datamodules.formats.reports import ReportStudies, pack_ragged
 from datamodules.storage import pack_strings
 
@@ -51,7 +51,7 @@ def _resolve(root: Path, name: str) -> Path | None:
 def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[str, dict[str, str]]]:
     """``("file:line", row)`` for each row, after checking the header has ``required``."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as f, utf8_text(path):
         reader = csv.DictReader(f)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from datamodules.errors import DataError, DataFileMissing
+from datamodules.errors import DataError, DataFileMissing, utf8_text
 from datamodules.formats.manifest import read_json
 from datamodules.storage import Captions, FileCaptions, pack_strings
 
@@ -105,7 +105,7 @@ def read_video_csv(csv_path: str | Path, video_dir: str | Path) -> FileCaptions:
         raise DataFileMissing(f"CSV manifest {manifest} not found")
     captions: dict[str, list[str]] = {}
     where: dict[str, str] = {}
-    with manifest.open(encoding="utf-8-sig", newline="") as lines:
+    with manifest.open(encoding="utf-8-sig", newline="") as lines, utf8_text(manifest):
         rows = csv.DictReader(lines)
         if rows.fieldnames is None or not {"video", "caption"} <= set(rows.fieldnames):
             raise DataError(f"{manifest}:1: expected a header with columns 'video' and 'caption'")

@@ -316,6 +316,8 @@ class WebdatasetImageText(DiskImageText):
     def check(cls, cfg: Any) -> None:
         if cfg.sibling_batches:
             raise ValueError("data.sibling_batches needs a map-style format, not webdataset")
+        if not cfg.train_shards:
+            raise ValueError("data.train_shards: data.format webdataset needs the training shards")
 
     def has_split(self, split: str) -> bool:
         return getattr(self.cfg, f"{split}_shards") is not None
