@@ -20,7 +20,7 @@ from __future__ import annotations
 import fcntl
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -99,11 +99,21 @@ class RunState(L.Callback):
     """Saves ``checkpoint["alignlab"]``: run id, method, config hash and RNG states; restores the
     RNG states when Lightning resumes from a checkpoint."""
 
-    def __init__(self, run_id: str | None, method: str, config_hash: str) -> None:
+    def __init__(
+        self,
+        run_id: str | None,
+        method: str,
+        config_hash: str,
+        resolve: Callable[[str | None], str | None] = lambda run_id: run_id,
+    ) -> None:
+        """``resolve`` maps the run id to the store's own at save time: a run started while
+        the tracking server was down has a stand-in id until it answers again."""
         self.identity = {"run_id": run_id, "method": method, "config_hash": config_hash}
+        self.resolve = resolve
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        checkpoint["alignlab"] = {**self.identity, "rng": rng_state()}
+        run_id = self.resolve(self.identity["run_id"])
+        checkpoint["alignlab"] = {**self.identity, "run_id": run_id, "rng": rng_state()}
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("alignlab")

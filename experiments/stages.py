@@ -565,7 +565,7 @@ def _fit(
     callbacks = [
         EmbeddingMetrics(evaluation),
         EmbeddingPlots(stage_dir / "plots"),
-        RunState(run_id, method, digest),
+        RunState(run_id, method, digest, tracker.resolved),
         SkippedSamples(),
         best,
     ]

@@ -400,6 +400,11 @@ class Tracker:
             serve = f"ALIGNLAB_MLFLOW_DIR={db.resolve().parent} {serve}"
         return f"{where}; browse it with `{serve}` at {link}"
 
+    def resolved(self, run_id: str | None) -> str | None:
+        """The store's id of a run: a stand-in (started while the store was down) is replaced
+        once the run was made, else returned as it is."""
+        return self._ids.get(run_id, run_id) if run_id is not None else None
+
     def logger(self, run_id: str | None) -> MLFlowLogger:
         """Lightning's MLflow logger for the existing run ``run_id``, logging through this
         tracker (buffered while the store is down; metrics rounded to 6 digits). It leaves the

@@ -20,6 +20,7 @@ from experiments.checkpoints import (
     AtomicCheckpointIO,
     CheckpointError,
     PeriodicCheckpoint,
+    RunState,
     resume_identity,
     stage_lock,
 )
@@ -261,3 +262,16 @@ def test_sigterm_leaves_last_checkpoint_at_that_step(tmp_path):
         trainer.fit(Regression())
     checkpoint = torch.load(tmp_path / LAST, weights_only=True)
     assert checkpoint["global_step"] == 3
+
+
+def test_run_state_saves_the_store_s_id_of_a_run_started_offline():
+    """A run started while the tracking server was down has a stand-in id; once the store made
+    it, checkpoints carry the real id, so resume=true continues that run."""
+    ids = {"offline-1": "a1b2"}
+    state = RunState("offline-1", "clip", "hash", lambda run_id: ids.get(run_id, run_id))
+    checkpoint: dict = {}
+    state.on_save_checkpoint(None, None, checkpoint)
+    assert checkpoint["alignlab"]["run_id"] == "a1b2"
+    ids.clear()  # still down: the stand-in is kept
+    state.on_save_checkpoint(None, None, checkpoint)
+    assert checkpoint["alignlab"]["run_id"] == "offline-1"

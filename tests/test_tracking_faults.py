@@ -216,6 +216,7 @@ def test_server_back_gets_the_kept_calls_in_order(server, local_store, caplog, m
     )
     assert nested.info.run_name == "child" and nested.data.metrics == {"acc": 1.0}
     assert tracker.run_url(child) == ui_link(server.uri, tracker.experiment_id, nested.info.run_id)
+    assert child.startswith("offline-") and tracker.resolved(child) == nested.info.run_id
     assert tracker.run_url(run_id).endswith("?workflowType=machine_learning")
     assert "Traceback" not in server.log()
 
