@@ -390,17 +390,17 @@ class ClassRetrievalEvaluator(Evaluator):
 
 @torch.no_grad()
 def training_bank(
-    module: Any, datamodule: Any, side: str, tasks: Iterable[str]
+    module: Any, datamodule: Any, sides: tuple[str, ...], tasks: Iterable[str]
 ) -> dict[str, Tensor]:
-    """Normalised ``side`` embeddings of the training items (un-augmented, in order) and their
-    labels: the bank of k-NN and linear probes."""
+    """Normalised embeddings of the training items (un-augmented, in order), the ``sides``
+    concatenated, and their labels: the bank of k-NN and linear probes."""
     was_training = module.training
     module.eval()
     features, labels = [], {task: [] for task in tasks}
     for batch in datamodule.probe_loader("train"):
         batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         outputs = module.encode(batch)
-        features.append(module.normalized(side, outputs[side]).float())
+        features.append(torch.cat([module.normalized(s, outputs[s]).float() for s in sides], 1))
         for task in labels:
             labels[task].append(batch[f"label/{task}"])
     module.train(was_training)
@@ -408,7 +408,9 @@ def training_bank(
 
 
 class _Probe(Evaluator):
-    """Shared by k-NN and linear probes: a bank of training embeddings per epoch."""
+    """Shared by k-NN and linear probes: a bank of training embeddings per epoch. Option
+    ``modality``: one modality, or a list whose normalised embeddings are concatenated (fusion
+    at evaluation only, as multimodal methods that train each modality on its own probe)."""
 
     metric_cls: ClassVar[type]
 
@@ -416,12 +418,18 @@ class _Probe(Evaluator):
         self, module: Any, datamodule: Any, options: dict[str, Any], shared: dict | None = None
     ) -> None:
         super().__init__(module, datamodule, options, shared)
-        self.side = options.get("modality", module.modalities[0])
+        chosen = options.get("modality", module.modalities[0])
+        self.sides = (chosen,) if isinstance(chosen, str) else tuple(chosen)
+        unknown = sorted(set(self.sides) - set(module.modalities))
+        if unknown:
+            raise ValueError(
+                f"{self.name}.modality: {unknown} not among the data's {list(module.modalities)}"
+            )
         labels = dict(getattr(datamodule, "labels", None) or {})
         tasks = options.get("tasks") or list(labels)
-        key = ("training_bank", self.side, tuple(tasks))
+        key = ("training_bank", self.sides, tuple(tasks))
         if key not in self.shared:  # k-NN and the linear probe read the same bank
-            self.shared[key] = training_bank(module, datamodule, self.side, tasks)
+            self.shared[key] = training_bank(module, datamodule, self.sides, tasks)
         bank = self.shared[key]
         extra = {k: v for k, v in options.items() if k not in ("modality", "tasks")}
         self.metrics = {}
@@ -439,7 +447,7 @@ class _Probe(Evaluator):
         )
 
     def update(self, out: dict[str, Any], batch: dict[str, Any]) -> None:
-        features = out["embeddings"][self.side]
+        features = torch.cat([out["embeddings"][s].float() for s in self.sides], 1)
         for task, metric in self.metrics.items():
             if task in out["labels"]:
                 metric.update(features, out["labels"][task], out["index"])

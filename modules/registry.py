@@ -89,6 +89,7 @@ METHODS = Registry(
         "modules.fdt",
         "modules.gram",
         "modules.mcl",
+        "modules.modality_pairwise",
         "modules.one_to_k",
         "modules.simclr",
         "modules.structure",
