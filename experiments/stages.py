@@ -303,7 +303,7 @@ def _reuse(
         run_id,
         True,
         0.0,
-        tracker.run_url(run_id) if tracker.active else "",
+        tracker.run_url(run_id),
         params,
     )
 
@@ -448,11 +448,12 @@ def _train(
             method, cfg["seed"], invocation.overrides, stage.name if parent_id else None
         )
         run_id = tracker.start_run(name, {**tags, **invocation.tags()}, parent_id)
+    params = used_params(cfg, list(datamodule.modalities))
     # from here on the run exists: whatever stops the stage, its run ends FAILED or KILLED
     error: BaseException | None = None
     try:
         if not reopened:
-            _open_run(cfg, digest, stage_dir, datamodule, tracker, run_id, invocation)
+            _open_run(cfg, params, digest, stage_dir, datamodule, tracker, run_id, invocation)
         metrics, best = _fit(
             cfg, method, digest, stage, stage_dir, datamodule, module, tracker, run_id, resume_from
         )
@@ -471,7 +472,6 @@ def _train(
     finally:
         tracker.finish(run_id, end_status(error))
         tracker.flush(stage_dir)  # what a dead server did not take: sent, kept locally or saved
-    params = used_params(cfg, list(datamodule.modalities))
     if rank_zero_only.rank == 0:
         result = {
             "hash": digest,
@@ -485,14 +485,22 @@ def _train(
         os.replace(tmp, stage_dir / DONE)
         last.unlink(missing_ok=True)  # finished: model.ckpt supersedes it
     seconds = time.perf_counter() - start
-    url = tracker.run_url(run_id) if tracker.active else ""
     return StageResult(
-        stage.name, digest, stage_dir / "model.ckpt", metrics, run_id, False, seconds, url, params
+        stage.name,
+        digest,
+        stage_dir / "model.ckpt",
+        metrics,
+        run_id,
+        False,
+        seconds,
+        tracker.run_url(run_id),
+        params,
     )
 
 
 def _open_run(
     cfg: dict,
+    params: dict,
     digest: str,
     stage_dir: Path,
     datamodule: L.LightningDataModule,
@@ -501,7 +509,7 @@ def _open_run(
     invocation: Invocation,
 ) -> None:
     """A new stage run's params, data, description and resolved config."""
-    tracker.log_params(run_id, used_params(cfg, list(datamodule.modalities)))
+    tracker.log_params(run_id, params)
     sizes = {}
     for split in ("train", "val", "test"):
         try:

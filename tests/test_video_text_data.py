@@ -24,6 +24,7 @@ from datamodules.embedded.moving_shapes import (
     MovingShapesConfig,
     generate_split,
 )
+from datamodules.errors import DataError, DataFileMissing
 from datamodules.formats.msrvtt import read_msrvtt, read_video_csv
 from datamodules.media import MediaError
 from datamodules.transforms import AugmentConfig
@@ -451,13 +452,16 @@ def test_malformed_manifests_name_the_file_and_entry(tmp_path):
             read_msrvtt(bad, tmp_path)
     csv_file = tmp_path / "bad.csv"
     csv_file.write_text("video,caption\nvideo0,fine\nvideo0,\n")
-    with pytest.raises(ValueError, match=r"bad\.csv:3: missing 'caption'"):
+    with pytest.raises(DataError, match=r"bad\.csv:3: missing 'caption'"):
+        read_video_csv(csv_file, tmp_path)
+    csv_file.write_text("video,caption\nvideo0,x\n,no video\n")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(csv_file))}:3: missing 'video'$"):
         read_video_csv(csv_file, tmp_path)
     csv_file.write_text("clip,text\nvideo0,x\n")
-    with pytest.raises(ValueError, match=r"bad\.csv:1: expected a header"):
+    with pytest.raises(DataError, match=r"bad\.csv:1: expected a header"):
         read_video_csv(csv_file, tmp_path)
     csv_file.write_text("video,caption\nvideo0,x\nnope,y\n")
-    with pytest.raises(FileNotFoundError, match=r"bad\.csv: line 3: video 'nope' not found"):
+    with pytest.raises(DataFileMissing, match=r"bad\.csv: line 3: video 'nope' not found"):
         read_video_csv(csv_file, tmp_path)
     # validated by setup(), in the main process
     (tmp_path / "val.csv").write_text("video,caption\nnope,y\n")
