@@ -7,9 +7,10 @@ Written as files at the end of fit (from the last validation epoch, sanity check
 the end of a stand-alone ``trainer.validate`` and at the end of test (files prefixed ``test_``).
 With an MLflow logger every validation epoch's plots are also logged as images (keys
 ``plots/val/similarity_matrix`` and ``plots/val/embedding_pca``, step = epoch), so the UI steps
-through training; the test plots are logged once under ``plots/test/...``. Each rank
-keeps the first ``max_points`` rows it sees; only global rank 0 draws, from its own rows (its
-share of the split under DDP). Nothing here is collective, so no rank waits on another.
+through training; the test plots are logged once under ``plots/test/...`` at the number of
+epochs trained. Each rank keeps the first ``max_points`` rows it sees; only global rank 0 draws,
+from its own rows (its share of the split under DDP). Nothing here is collective, so no rank
+waits on another.
 """
 
 from __future__ import annotations
@@ -51,15 +52,17 @@ class EmbeddingPlots(pl.Callback):
         self.matrix_size = matrix_size
         self.pair_lines = pair_lines
         self._rows: dict[str, list[dict[str, Tensor]]] = {"val": [], "test": []}
+        # the epoch the kept rows come from (a test runs after the last epoch: epochs trained)
+        self._epoch: dict[str, int] = {"val": 0, "test": 0}
         self._modalities: tuple[str, str] = ("image", "text")
 
     # -- hooks ---------------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._rows["val"] = []
+            self._rows["val"], self._epoch["val"] = [], trainer.current_epoch
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._rows["test"] = []
+        self._rows["test"], self._epoch["test"] = [], trainer.current_epoch
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -75,18 +78,20 @@ class EmbeddingPlots(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
-        self._log_images(trainer, "val", trainer.current_epoch)
+        if self._mlflow(trainer):
+            self._log_images(trainer, self._draw(trainer, "val"), "val")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._write(trainer, "val", "")
+        self._write(trainer, self._draw(trainer, "val"), "")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:
-            self._write(trainer, "val", "")
+            self._write(trainer, self._draw(trainer, "val"), "")
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._write(trainer, "test", "test_")
-        self._log_images(trainer, "test", trainer.current_epoch)
+        figures = self._draw(trainer, "test")  # drawn once: a file and an MLflow image
+        self._write(trainer, figures, "test_")
+        self._log_images(trainer, figures, "test")
 
     # -- work ----------------------------------------------------------------------------------
     def _keep(self, stage: str, pl_module: pl.LightningModule, outputs: Any) -> None:
@@ -105,42 +110,43 @@ class EmbeddingPlots(pl.Callback):
             kept_rows[k] = kept_rows[k].float()
         self._rows[stage].append(kept_rows)
 
-    def _figures(self, stage: str, epoch: int) -> dict[str, Figure]:
-        """The plots of ``stage``'s kept rows, titled with the split and epoch."""
+    def _draw(self, trainer: pl.Trainer, stage: str) -> dict[str, Figure]:
+        """The plots of ``stage``'s kept rows, titled with the split and epoch (none off global
+        rank 0 or without rows)."""
+        if not trainer.is_global_zero or not self._rows[stage]:
+            return {}
         rows = {k: torch.cat([r[k] for r in self._rows[stage]]) for k in _KEYS}
-        where = f"{stage}, epoch {epoch}"
+        where = f"{stage}, epoch {self._epoch[stage]}"
         return {
             "similarity_matrix": self._similarity_matrix(rows, where),
             "embedding_pca": self._projection(rows, where),
         }
 
-    def _write(self, trainer: pl.Trainer, stage: str, prefix: str) -> None:
-        if not trainer.is_global_zero or not self._rows[stage]:
+    def _write(self, trainer: pl.Trainer, figures: dict[str, Figure], prefix: str) -> None:
+        """The figures as PNG files in ``output_dir``, logged as MLflow artifacts."""
+        if not figures:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         paths = []
-        for name, fig in self._figures(stage, trainer.current_epoch).items():
+        for name, fig in figures.items():
             paths.append(self.output_dir / f"{prefix}{name}.png")
             fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
         for logger in self._mlflow(trainer):
             for path in paths:
                 logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="plots")
 
-    def _log_images(self, trainer: pl.Trainer, stage: str, epoch: int) -> None:
-        """This epoch's plots as MLflow images (one key per plot, step = epoch)."""
-        loggers = self._mlflow(trainer)
-        if not trainer.is_global_zero or not self._rows[stage] or not loggers:
-            return
-        for name, fig in self._figures(stage, epoch).items():
+    def _log_images(self, trainer: pl.Trainer, figures: dict[str, Figure], stage: str) -> None:
+        """The figures as MLflow images (one key per plot, step = epoch)."""
+        for name, fig in figures.items():
             buffer = BytesIO()
             fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
             image = Image.open(buffer)
-            for logger in loggers:
+            for logger in self._mlflow(trainer):
                 # a logger that buffers when the tracker is down has its own log_image
                 log_image = getattr(logger, "log_image", None) or partial(
                     logger.experiment.log_image, logger.run_id
                 )
-                log_image(image, key=f"plots/{stage}/{name}", step=epoch)
+                log_image(image, key=f"plots/{stage}/{name}", step=self._epoch[stage])
 
     @staticmethod
     def _mlflow(trainer: pl.Trainer) -> list[MLFlowLogger]:

@@ -223,6 +223,14 @@ def test_two_methods_side_by_side_as_the_ui_run_table_shows_them(server, outputs
         assert summary == pytest.approx(metrics["test/retrieval/mean_R1"], rel=1e-5)
         assert all(float(f"{v:.6g}") == v for v in metrics.values())  # no float32 noise
         assert min(metrics) == min(k for k in metrics if k.startswith("Summary/"))  # sorts first
+        # the plots of every validation epoch (step = epoch) and of the test, as MLflow images
+        images = {
+            a.path.split("/", 1)[1].split("+timestamp+")[0]
+            for a in MlflowClient(server).list_artifacts(info["run_id"], "images")
+        }
+        plots = ("similarity_matrix", "embedding_pca")
+        assert {f"plots~val~{p}+step+0" for p in plots} <= images, images  # the one epoch
+        assert {f"plots~test~{p}+step+1" for p in plots} <= images, images  # after 1 epoch
     clip_params = {p["key"]: p["value"] for p in found[0]["data"]["params"]}
     assert clip_params["optim.lr"] == "0.0003" and clip_params["seed"] == "1"
     align_metrics = {m["key"] for m in found[1]["data"]["metrics"]}
