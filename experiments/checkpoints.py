@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from modules.base import load_checkpoint
+
 LAST = "last.ckpt"
 LOCK = ".lock"
 RESTART = "delete it to start the stage again, or run without resume=true"
@@ -65,7 +67,7 @@ def read_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     """The checkpoint at ``path`` (tensors and plain containers only) for resuming; one that
     does not load (truncated, garbage) is a :class:`CheckpointError` saying what to do."""
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = load_checkpoint(str(path), map_location)
     except OSError:
         raise  # missing or unreadable, not corrupt
     except Exception as err:  # torch's errors depend on how the file is broken (even IndexError)

@@ -54,9 +54,9 @@ class MethodConfig:
     loss_weights: dict[str, float] = field(default_factory=dict)
 
 
-def load_checkpoint(path: str) -> dict[str, Any]:
+def load_checkpoint(path: str, map_location: Any = "cpu") -> dict[str, Any]:
     """A Lightning checkpoint read safely (tensors and plain containers only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def load_module(path: str) -> AlignmentModule:
