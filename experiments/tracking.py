@@ -318,9 +318,10 @@ class Tracker:
             self._write("log_batch", run_id, params=params[start : start + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        """Metrics at ``step``, stamped now (also when the store takes them later)."""
+        """Metrics at ``step``, rounded to 6 significant digits (float32 noise beyond), stamped
+        now (also when the store takes them later)."""
         stamp = int(time.time() * 1000)
-        rows = [Metric(key, float(value), stamp, step) for key, value in metrics.items()]
+        rows = [Metric(key, rounded(float(value)), stamp, step) for key, value in metrics.items()]
         for start in range(0, len(rows), 500):
             self._write("log_batch", run_id, metrics=rows[start : start + 500])
 
@@ -678,8 +679,8 @@ def _logger_class() -> type[MLFlowLogger]:
             self._tracker.log_params(self._run_id, dict(params))
 
         def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-            """Numeric metrics, rounded to 6 significant digits (float32 noise beyond)."""
-            values = {k: rounded(float(v)) for k, v in metrics.items() if not isinstance(v, str)}
+            """Numeric metrics, through the tracker (which rounds them)."""
+            values = {k: float(v) for k, v in metrics.items() if not isinstance(v, str)}
             self._tracker.log_metrics(self._run_id, values, step or 0)
 
         def log_image(self, image: Any, key: str, step: int) -> None:

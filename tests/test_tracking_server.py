@@ -158,6 +158,7 @@ def test_chain_reads_back_through_the_server(server, chain):
     assert parent.data.metrics["test/retrieval/mean_R1"] == pytest.approx(
         refine.metrics["test/retrieval/mean_R1"]
     )
+    assert all(float(f"{v:.6g}") == v for v in parent.data.metrics.values())  # rounded too
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {
         f"experiment-{refine.hash}.yaml"
     }
