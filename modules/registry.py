@@ -84,9 +84,11 @@ METHODS = Registry(
         "modules.clip_rocket",
         "modules.close",
         "modules.conr",
+        "modules.cra",
         "modules.cuaxu",
         "modules.cwcl",
         "modules.fdt",
+        "modules.g2l",
         "modules.gram",
         "modules.mcl",
         "modules.modality_pairwise",
@@ -116,5 +118,6 @@ DATAMODULES = Registry(
         "datamodules.shapes_views",
         "datamodules.shapes_sounds",
         "datamodules.shapes_sizes",
+        "datamodules.timed_events",
     ],
 )

@@ -27,6 +27,7 @@ FAMILY_FORMATS = {
     "shapes_views": ("embedded",),
     "shapes_sounds": ("embedded",),
     "shapes_sizes": ("embedded",),
+    "timed_events": ("embedded", "charades_sta", "nextgqa"),
 }
 
 
