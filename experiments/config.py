@@ -41,7 +41,7 @@ class ConfigError(ValueError):
     """A configuration problem, reported as one line naming the key path."""
 
 
-MODALITIES = ("image", "text", "video", "audio")
+MODALITIES = ("image", "text", "video", "audio", "depth")
 
 
 @dataclass
@@ -56,6 +56,7 @@ class ModelConfig:
     text: Any = field(default_factory=lambda: {"name": "transformer"})
     video: Any = field(default_factory=lambda: {"name": "frames"})
     audio: Any = field(default_factory=lambda: {"name": "audio_cnn"})
+    depth: Any = field(default_factory=lambda: {"name": "depth_cnn"})
     temperature: float = 0.07
     learnable_temperature: bool = True
     max_logit_scale: float = 100.0

@@ -90,6 +90,7 @@ METHODS = Registry(
         "modules.fdt",
         "modules.g2l",
         "modules.gram",
+        "modules.languagebind",
         "modules.mcl",
         "modules.modality_pairwise",
         "modules.one_to_k",
@@ -106,6 +107,7 @@ TOWERS = Registry(
         "modules.towers.minilm",
         "modules.towers.video",
         "modules.towers.audio",
+        "modules.towers.depth",
     ],
 )
 DATAMODULES = Registry(
@@ -117,6 +119,7 @@ DATAMODULES = Registry(
         "datamodules.medical_report",
         "datamodules.shapes_views",
         "datamodules.shapes_sounds",
+        "datamodules.shapes_depth_sounds",
         "datamodules.shapes_sizes",
         "datamodules.timed_events",
     ],

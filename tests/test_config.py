@@ -87,7 +87,8 @@ def test_parse_overrides_types_and_nesting():
         (
             "data.name=imagenet",
             "data.name: unknown data 'imagenet'; known: audio_visual, image_text, "
-            "medical_report, shapes_sizes, shapes_sounds, shapes_views, video_text",
+            "medical_report, shapes_depth_sounds, shapes_sizes, shapes_sounds, shapes_views, "
+            "video_text",
         ),
         ("model.audio.name=cnn", "model.audio.name: 'cnn' is an image tower; audio towers"),
         (

@@ -26,6 +26,7 @@ FAMILY_FORMATS = {
     "medical_report": ("embedded", "mimic_cxr", "iu_xray"),
     "shapes_views": ("embedded",),
     "shapes_sounds": ("embedded",),
+    "shapes_depth_sounds": ("embedded", "vidal"),
     "shapes_sizes": ("embedded",),
     "timed_events": ("embedded", "charades_sta", "nextgqa"),
 }

@@ -24,6 +24,7 @@ import random
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -187,23 +188,31 @@ def _polygon(shape: str, x: int, y: int, h: int) -> list[tuple[float, float]]:
     ]
 
 
+def draw_object(draw: ImageDraw.ImageDraw, o: Obj, h: int, fill: Any) -> None:
+    """Draw one object of half extent ``h`` px, solid ``fill`` (no anti-aliasing)."""
+    if o.shape == "circle":
+        draw.ellipse((o.x - h, o.y - h, o.x + h, o.y + h), fill=fill)
+    elif o.shape == "square":
+        draw.rectangle((o.x - h + 1, o.y - h + 1, o.x + h - 1, o.y + h - 1), fill=fill)
+    elif o.shape == "cross":
+        t = max(1, round(h / 3))
+        draw.rectangle((o.x - t, o.y - h, o.x + t, o.y + h), fill=fill)
+        draw.rectangle((o.x - h, o.y - t, o.x + h, o.y + t), fill=fill)
+    else:
+        draw.polygon(_polygon(o.shape, o.x, o.y, h), fill=fill)
+
+
+def half_extent(o: Obj, image_size: int) -> int:
+    """Half the side of ``o``'s bounding box, in pixels, in a ``image_size`` image."""
+    return _geometry(image_size)[1][o.size]
+
+
 def render(objects: list[Obj], background: np.ndarray) -> np.ndarray:
     """Draw the objects (solid, no anti-aliasing) on a grey ``[H, W]`` uint8 background."""
     image = Image.fromarray(background).convert("RGB")
     draw = ImageDraw.Draw(image)
-    _, half, _ = _geometry(background.shape[0])
     for o in objects:
-        h, fill = half[o.size], COLORS[o.color]
-        if o.shape == "circle":
-            draw.ellipse((o.x - h, o.y - h, o.x + h, o.y + h), fill=fill)
-        elif o.shape == "square":
-            draw.rectangle((o.x - h + 1, o.y - h + 1, o.x + h - 1, o.y + h - 1), fill=fill)
-        elif o.shape == "cross":
-            t = max(1, round(h / 3))
-            draw.rectangle((o.x - t, o.y - h, o.x + t, o.y + h), fill=fill)
-            draw.rectangle((o.x - h, o.y - t, o.x + h, o.y + t), fill=fill)
-        else:
-            draw.polygon(_polygon(o.shape, o.x, o.y, h), fill=fill)
+        draw_object(draw, o, half_extent(o, background.shape[0]), COLORS[o.color])
     return np.asarray(image)
 
 
