@@ -83,6 +83,7 @@ METHODS = Registry(
         "modules.clip_refine",
         "modules.clip_rocket",
         "modules.close",
+        "modules.cogenav",
         "modules.conr",
         "modules.cra",
         "modules.cuaxu",
@@ -108,6 +109,7 @@ TOWERS = Registry(
         "modules.towers.video",
         "modules.towers.audio",
         "modules.towers.depth",
+        "modules.towers.audio_frames",
     ],
 )
 DATAMODULES = Registry(
