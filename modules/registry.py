@@ -78,6 +78,7 @@ METHODS = Registry(
     "method",
     [
         "modules.align",
+        "modules.alpro",
         "modules.clip",
         "modules.clip_mea",
         "modules.clip_refine",
