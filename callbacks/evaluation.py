@@ -16,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 import callbacks.grounding  # noqa: F401  (registers grounding)
+import callbacks.mask_grounding  # noqa: F401  (registers mask_grounding)
 import callbacks.modality_zero_shot  # noqa: F401  (registers modality_zero_shot)
 import callbacks.transcript  # noqa: F401  (registers wer)
 import callbacks.volume_retrieval  # noqa: F401  (registers volume_retrieval)

@@ -99,6 +99,7 @@ METHODS = Registry(
         "modules.simclr",
         "modules.structure",
         "modules.swav",
+        "modules.epcformer",
     ],
 )
 TOWERS = Registry(
@@ -125,5 +126,6 @@ DATAMODULES = Registry(
         "datamodules.shapes_depth_sounds",
         "datamodules.shapes_sizes",
         "datamodules.timed_events",
+        "datamodules.referring_shapes",
     ],
 )
