@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+import callbacks.continual  # noqa: F401  (registers continual)
 import callbacks.grounding  # noqa: F401  (registers grounding)
 import callbacks.mask_grounding  # noqa: F401  (registers mask_grounding)
 import callbacks.modality_zero_shot  # noqa: F401  (registers modality_zero_shot)

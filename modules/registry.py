@@ -85,6 +85,7 @@ METHODS = Registry(
         "modules.clip_rocket",
         "modules.close",
         "modules.cogenav",
+        "modules.coconut",
         "modules.conr",
         "modules.cra",
         "modules.cuaxu",
@@ -127,5 +128,6 @@ DATAMODULES = Registry(
         "datamodules.shapes_sizes",
         "datamodules.timed_events",
         "datamodules.referring_shapes",
+        "datamodules.spoken_commands",
     ],
 )

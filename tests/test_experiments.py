@@ -31,6 +31,7 @@ FAMILY_METRICS = {
     "timed_events": ["test/grounding/mIoU", "test/grounding/R1_IoU0.5"],
     # the audio-text geometry, and the mask grounding its one method (epcformer) asks for
     "referring_shapes": ["test/modality_gap", "test/mask_grounding/audio/accuracy"],
+    "spoken_commands": ["test/retrieval/audio_to_text/R1"],
 }
 #: Families whose two encoders are not a retrieval pair (a query and its clip: grounding).
 UNPAIRED = {"timed_events"}
@@ -82,6 +83,9 @@ TINY_EXTRA = {
             "eval_batch_size=32",
         )
     ],
+    # 16 intents in 4 tasks: 96 items give one batch of 16 per task, 32 give every intent
+    # evaluation items
+    "coconut.yaml": ["data.num_train=96", "data.num_val=32", "data.num_test=32"],
     "structure.yaml": [
         "stages.structure.data.num_train=48",
         "stages.structure.trainer.max_epochs=1",
