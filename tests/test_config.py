@@ -74,7 +74,7 @@ def test_parse_overrides_types_and_nesting():
         ("trainer.max_epoch=3", "trainer.max_epoch: unknown key"),
         (
             "method.name=nope",
-            "method.name: unknown method 'nope'; known: align, clip,",
+            "method.name: unknown method 'nope'; known: align, alpro, clip,",
         ),
         (
             "model.image.name=resnet",
@@ -87,8 +87,8 @@ def test_parse_overrides_types_and_nesting():
         (
             "data.name=imagenet",
             "data.name: unknown data 'imagenet'; known: audio_visual, image_text, "
-            "medical_report, shapes_depth_sounds, shapes_sizes, shapes_sounds, shapes_views, "
-            "video_text",
+            "medical_report, referring_shapes, shapes_depth_sounds, shapes_sizes, shapes_sounds, "
+            "shapes_views, spoken_commands, timed_events, video_text",
         ),
         ("model.audio.name=cnn", "model.audio.name: 'cnn' is an image tower; audio towers"),
         (
