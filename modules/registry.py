@@ -86,6 +86,7 @@ METHODS = Registry(
         "modules.close",
         "modules.cogenav",
         "modules.coconut",
+        "modules.comix",
         "modules.conr",
         "modules.cra",
         "modules.cuaxu",
@@ -129,5 +130,6 @@ DATAMODULES = Registry(
         "datamodules.timed_events",
         "datamodules.referring_shapes",
         "datamodules.spoken_commands",
+        "datamodules.video_domains",
     ],
 )

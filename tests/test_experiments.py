@@ -32,6 +32,7 @@ FAMILY_METRICS = {
     # the audio-text geometry, and the mask grounding its one method (epcformer) asks for
     "referring_shapes": ["test/modality_gap", "test/mask_grounding/audio/accuracy"],
     "spoken_commands": ["test/retrieval/audio_to_text/R1"],
+    "video_domains": ["test/classifier/video/action/accuracy"],
 }
 #: Families whose two encoders are not a retrieval pair (a query and its clip: grounding).
 UNPAIRED = {"timed_events"}
