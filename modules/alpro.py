@@ -2,19 +2,19 @@
 Entity Prompts", CVPR 2022; official code ``salesforce/ALPRO``).
 
 A video tower and a text tower, plus a small multimodal *fusion encoder* reading the text tokens
-and the video tokens together (Sec. 3.1). Four losses, all of weight 1 (``L = L_vtc + L_vtm +
-L_mlm + L_pem``, Sec. 3.4):
+and the video tokens together. Four losses, all of weight 1 (``L = L_vtc + L_vtm +
+L_mlm + L_pem``):
 
-- **VTC** (Sec. 3.2): symmetric InfoNCE between the L2-normalised pooled embeddings,
+- **VTC**: symmetric InfoNCE between the L2-normalised pooled embeddings,
   learnable temperature initialised at 0.07 (:func:`~modules.losses.contrastive.clip_loss`,
   positives by ``item_id``);
-- **VTM** (Sec. 3.4): a 2-way head on the fusion encoder's first (text ``<cls>``) position, on
+- **VTM**: a 2-way head on the fusion encoder's first (text ``<cls>``) position, on
   the positive pairs and, per video, one hard negative caption drawn with probability
   ``softmax(sim)`` over the non-positive captions (and per caption one hard negative video);
 - **MLM**: 15 % of the caption tokens masked (BERT's 80 / 10 / 10 replacement), the masked
   caption's tokens fused with the clip's video tokens, the fused text positions predict the
   original words;
-- **PEM** (Sec. 3.3): a *prompter*, a separate video-text dual tower trained with VTC
+- **PEM**: a *prompter*, a separate video-text dual tower trained with VTC
   only and then frozen (the teacher, ``teacher_from`` an earlier stage), embeds every entity
   under 12 templates ("A video of a {}.", ...; their mean is the entity's prompt feature). For a
   random spatial crop of each clip its soft entity label is
@@ -22,7 +22,7 @@ L_mlm + L_pem``, Sec. 3.4):
   The model predicts ``p = softmax(MLP(mean of the fusion encoder's video positions))``, the
   MLP ``D -> 2D -> ReLU -> K`` as the code's ``768 -> 1536 -> 1000``; ``L_pem = -sum q log p``.
 
-Section numbers are from memory (the paper's text was not in reach; the code was).
+No section or equation numbers are cited: the paper's text was not in reach, the code was.
 
 Choices (methods/part2.md Sec. 61, checked against ``salesforce/ALPRO`` ``alpro_models.py``):
 

@@ -13,7 +13,7 @@ formulas are written out instead. Here:
   entries of the *global* batch, so MLM (masked tokens) and PEM (confident crops) average as one
   process on the whole batch would (the code averages over the local batch);
 - :func:`entity_prompt_features`: prompt features ``P`` = the template ensemble of each entity
-  (Sec. 3.3: the mean of the normalised prompt embeddings, renormalised);
+  (the mean of the normalised prompt embeddings, renormalised);
 - :func:`entity_pseudo_labels`: the prompter's soft entity labels of crops,
   ``q = softmax(f_crop . P^T / tau)`` and the mask of confident crops;
 - :func:`pem_loss`: ``L_PEM = -sum_k q_k log p_k`` over confident crops.
