@@ -5,7 +5,6 @@ Ref-YouTube-VOS-style reader with A-VOS audio on a fixture (including a malforme
 from __future__ import annotations
 
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from datamodules.embedded.talking import TalkingConfig, speakers
 from datamodules.errors import DataError
 from datamodules.referring_shapes import ReferringShapesDataConfig, ReferringShapesDataModule
 from datamodules.transforms import AugmentConfig
+from tests.media_files import write_tone_wav
 from tests.tiny_modules import setup_with_words
 
 TINY = dict(num_train=24, num_val=8, num_test=8, batch_size=8, eval_batch_size=8)
@@ -103,17 +103,6 @@ def test_augmentation_is_refused() -> None:
 # ---------------------------------------------------------------- Ref-YouTube-VOS + A-VOS
 
 
-def _write_wav(path: Path, seconds: float, rate: int = 8000) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * rate)) / rate
-    samples = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(samples.tobytes())
-
-
 def _fixture(root: Path, meta: dict | str) -> None:
     """One video ``v1`` of frames 00000..00002: object 1 in the left half, object 2 on the
     right of the middle frame; audio per expression."""
@@ -130,7 +119,7 @@ def _fixture(root: Path, meta: dict | str) -> None:
         png.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
         png.save(base / "Annotations" / "v1" / f"{frame}.png")
     for exp_id in ("0", "1"):
-        _write_wav(base / "audio" / "v1" / f"{exp_id}.wav", 0.6)
+        write_tone_wav(base / "audio" / "v1" / f"{exp_id}.wav", 0.6)
     meta_dir = root / "meta_expressions" / "train"
     meta_dir.mkdir(parents=True, exist_ok=True)
     text = meta if isinstance(meta, str) else json.dumps(meta, indent=1)

@@ -5,7 +5,6 @@ reader on a fixture written here (one good entry read whole, malformed entries n
 from __future__ import annotations
 
 import json
-import wave
 from pathlib import Path
 
 import av
@@ -23,6 +22,7 @@ from datamodules.shapes_depth_sounds import (
 )
 from datamodules.shapes_sounds import ShapesSoundsDataConfig, ShapesSoundsDataModule
 from datamodules.storage import cache_root
+from tests.media_files import write_tone_wav
 from tests.tiny_modules import setup_with_words
 
 TINY = dict(num_train=48, num_val=20, num_test=12, batch_size=12, eval_batch_size=8, image_size=32)
@@ -94,21 +94,10 @@ def _write_mp4(path: Path, level: int, size: int = 32) -> None:
             container.mux(packet)
 
 
-def _write_sound(path: Path, seconds: float = 0.5, rate: int = 8000) -> None:
-    """A 440 Hz tone (a WAV stream under the official ``.mp3`` name: FFmpeg reads content)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * rate)) / rate
-    samples = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(samples.tobytes())
-
-
 def _write_entry(root: Path, key: str, folder: str, level: int) -> None:
     _write_mp4(root / folder / f"{key}.mp4", level)
-    _write_sound(root / f"{folder}_ffmpeg_mp3" / f"{key}.mp3")
+    # a WAV stream under the official ``.mp3`` name: FFmpeg reads the content
+    write_tone_wav(root / f"{folder}_ffmpeg_mp3" / f"{key}.mp3")
     depth = root / folder / f"{key}_depth_f8glpn_folder" / "0.png"
     depth.parent.mkdir(parents=True)
     ramp = np.tile(np.linspace(500, 8000, 32), (32, 1)).astype(np.uint16)  # millimetres

@@ -3,7 +3,6 @@ Fluent Speech Commands reader (a fixture written here, with a malformed row)."""
 
 from __future__ import annotations
 
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from datamodules.errors import DataError, DataFileMissing
 from datamodules.formats.fsc import read_fsc
 from datamodules.spoken_commands import SpokenCommandsDataConfig, SpokenCommandsDataModule
 from modules.towers import build_tokenizer
+from tests.media_files import write_tone_wav
 
 TINY = dict(num_train=64, num_val=32, num_test=32)
 
@@ -100,24 +100,13 @@ def test_continual_fields_are_checked():
 HEADER = ",path,speakerId,transcription,action,object,location\n"
 
 
-def write_wav(path: Path, seconds: float = 0.5, rate: int = 16000) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * rate)) / rate
-    samples = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(samples.tobytes())
-
-
 def write_fsc(root: Path, rows: dict[str, list[str]]) -> None:
     (root / "data").mkdir(parents=True, exist_ok=True)
     files = {"train": "train_data.csv", "val": "valid_data.csv", "test": "test_data.csv"}
     for split, lines in rows.items():
         (root / "data" / files[split]).write_text(HEADER + "".join(f"{x}\n" for x in lines))
         for line in lines:
-            write_wav(root / line.split(",")[1])
+            write_tone_wav(root / line.split(",")[1], rate=16000)
 
 
 ROWS = [

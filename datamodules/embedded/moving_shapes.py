@@ -40,7 +40,7 @@ CAPTIONS_PER_CLIP = 5
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 DIRECTIONS = ("left", "right", "up", "down")
 TASKS = ("direction", "shape", "color")
-_STEP = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+STEP = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 _ARTICLES = ("a", "the")
@@ -143,7 +143,7 @@ def labels_of(objects: list[tuple[str, str]], events: list[Event]) -> dict[str, 
 # ---------------------------------------------------------------- geometry and rendering
 
 
-def _sizes(frame_size: int) -> tuple[int, int]:
+def sprite_sizes(frame_size: int) -> tuple[int, int]:
     """Sprite half extent and the length of a move (pixels)."""
     return max(3, round(0.12 * frame_size)), round(0.3 * frame_size)
 
@@ -181,7 +181,7 @@ def _track(
     for t in range(num_frames):
         x, y, visible = start[0], start[1], 1
         if event.kind == "move":
-            dx, dy = _STEP[event.direction]
+            dx, dy = STEP[event.direction]
             progress = min(max(t - window.start, 0), len(window) - 1) / (len(window) - 1)
             x, y = x + round(dx * distance * progress), y + round(dy * distance * progress)
         elif event.kind == "appear":
@@ -192,7 +192,7 @@ def _track(
     return out
 
 
-def _apart(a: list[tuple[int, int, int]], b: list[tuple[int, int, int]], half: int) -> bool:
+def tracks_apart(a: list[tuple[int, int, int]], b: list[tuple[int, int, int]], half: int) -> bool:
     """In every frame where both objects are visible, their boxes are separated by at least one
     pixel of background (no occlusion, so every object is fully visible)."""
     gap = 2 * half + 2
@@ -203,25 +203,25 @@ def _apart(a: list[tuple[int, int, int]], b: list[tuple[int, int, int]], half: i
     )
 
 
-def _tracks(
+def event_tracks(
     py: random.Random, events: list[Event], num_frames: int, size: int
 ) -> list[list[tuple[int, int, int]]]:
     """Start positions (rejection-sampled until paths are inside the frame and the objects
     never touch)."""
-    half, distance = _sizes(size)
+    half, distance = sprite_sizes(size)
     while True:
         tracks = []
         for k, event in enumerate(events):
             lo, hi = [half, half], [size - half - 1, size - half - 1]
             if event.kind == "move":  # leave room for the whole path
-                dx, dy = _STEP[event.direction]
+                dx, dy = STEP[event.direction]
                 for axis, step in enumerate((dx, dy)):
                     lo[axis] += distance if step < 0 else 0
                     hi[axis] -= distance if step > 0 else 0
             start = (py.randint(lo[0], hi[0]), py.randint(lo[1], hi[1]))
             window = _window(k, len(events), num_frames)
             tracks.append(_track(event, window, start, distance, num_frames))
-        if len(tracks) == 1 or _apart(tracks[0], tracks[1], half):
+        if len(tracks) == 1 or tracks_apart(tracks[0], tracks[1], half):
             return tracks
 
 
@@ -229,7 +229,7 @@ def render(
     objects: list[tuple[str, str]], tracks: list[list[tuple[int, int, int]]], background: np.ndarray
 ) -> np.ndarray:
     """Frames ``uint8 [T, H, W, 3]``: the objects (solid colour) on a grey ``[H, W]`` background."""
-    half, _ = _sizes(background.shape[0])
+    half, _ = sprite_sizes(background.shape[0])
     frames = np.repeat(background[None, :, :, None], len(tracks[0]), axis=0).repeat(3, axis=3)
     for (shape, color), track in zip(objects, tracks, strict=True):
         mask, rgb = sprite(shape, half), np.array(COLORS[color], np.uint8)
@@ -242,7 +242,7 @@ def render(
 # ---------------------------------------------------------------- clips and captions
 
 
-def _objects(py: random.Random, n: int) -> list[tuple[str, str]]:
+def random_objects(py: random.Random, n: int) -> list[tuple[str, str]]:
     """``n`` objects, distinct in both shape and colour (so either word names one object)."""
     return list(zip(py.sample(SHAPES, n), py.sample(list(COLORS), n), strict=True))
 
@@ -272,7 +272,7 @@ def reverse_events(events: list[Event]) -> list[Event]:
     ]
 
 
-def _phrase(event: Event, objects: list[tuple[str, str]], choice: tuple[int, int, int]) -> str:
+def event_phrase(event: Event, objects: list[tuple[str, str]], choice: tuple[int, int, int]) -> str:
     article, verb, variant = choice
     shape, color = objects[event.obj]
     subject = f"{_ARTICLES[article]} {color} {shape}"
@@ -286,7 +286,7 @@ def _caption(events: list[Event], objects: list[tuple[str, str]], py: random.Ran
     same seed makes the same choices for a clip and its reversed sibling."""
     prefix, connector = py.randrange(4), py.randrange(len(_CONNECTORS))
     choices = [(py.randrange(2), py.randrange(4), py.randrange(6)) for _ in range(2)]
-    phrases = [_phrase(e, objects, c) for e, c in zip(events, choices, strict=False)]
+    phrases = [event_phrase(e, objects, c) for e, c in zip(events, choices, strict=False)]
     body = phrases[0] if len(phrases) == 1 else _CONNECTORS[connector].format(*phrases)
     count = _COUNT_WORDS[len(objects) - 1]
     return ("", "a clip in which ", f"a video with {count}: ", "in this video ")[prefix] + body
@@ -331,8 +331,8 @@ def generate_split(cfg: MovingShapesConfig, split: str) -> tuple[np.ndarray, dic
         background = noise_rng.integers(level - 8, level + 9, (size, size), dtype=np.uint8)
         template_seed, i = py.getrandbits(62), len(sibling)
         if n_clips - i >= 2 and py.random() < pair_start:
-            objects, events = _objects(py, 2), _sibling_events(py)
-            tracks = _tracks(py, events, n_frames, size)
+            objects, events = random_objects(py, 2), _sibling_events(py)
+            tracks = event_tracks(py, events, n_frames, size)
             clip = render(objects, tracks, background)
             add(objects, events, tracks, clip, template_seed)
             sibling.append(i + 1)
@@ -341,8 +341,8 @@ def generate_split(cfg: MovingShapesConfig, split: str) -> tuple[np.ndarray, dic
             sibling.append(i)
         else:
             n = py.choices((1, 2), weights=(1, 2))[0]
-            objects, events = _objects(py, n), [_event(py, k) for k in range(n)]
-            tracks = _tracks(py, events, n_frames, size)
+            objects, events = random_objects(py, n), [_event(py, k) for k in range(n)]
+            tracks = event_tracks(py, events, n_frames, size)
             add(objects, events, tracks, render(objects, tracks, background), template_seed)
             sibling.append(-1)
     labels = [

@@ -35,14 +35,14 @@ import numpy as np
 
 from datamodules.embedded.cache import config_key, write_once
 from datamodules.embedded.moving_shapes import (
-    _STEP,
     DIRECTIONS,
+    STEP,
     Event,
-    _apart,
-    _objects,
-    _phrase,
-    _sizes,
+    event_phrase,
+    random_objects,
     render,
+    sprite_sizes,
+    tracks_apart,
 )
 
 GENERATOR_VERSION = 1
@@ -137,7 +137,7 @@ def _tracks(
     """``(x, y, visible)`` per object and frame: a move spreads evenly over its window (the
     position changes between consecutive frames of the window, and from the frame before);
     an appearance / disappearance switches at the window's second frame."""
-    _, distance = _sizes(cfg.frame_size)
+    _, distance = sprite_sizes(cfg.frame_size)
     tracks = []
     for obj, (x0, y0) in enumerate(starts):
         track = []
@@ -145,7 +145,7 @@ def _tracks(
             x, y, visible = x0, y0, 1
             for e in (e for e in events if e.obj == obj):
                 if e.kind == "move":
-                    dx, dy = _STEP[e.direction]
+                    dx, dy = STEP[e.direction]
                     progress = min(max(t - e.start + 1, 0), e.end - e.start) / (e.end - e.start)
                     x, y = x + round(dx * distance * progress), y + round(dy * distance * progress)
                 elif e.kind == "appear" and t <= e.start:
@@ -158,7 +158,7 @@ def _tracks(
 
 
 def _inside(track: list[tuple[int, int, int]], size: int) -> bool:
-    half, _ = _sizes(size)
+    half, _ = sprite_sizes(size)
     return all(half <= x <= size - half - 1 and half <= y <= size - half - 1 for x, y, _ in track)
 
 
@@ -167,8 +167,8 @@ def _clip(
 ) -> tuple[list[tuple[str, str]], list[TimedEvent], list[list[tuple[int, int, int]]]]:
     """Objects, events and tracks: events redrawn until their sentences differ, start
     positions rejection-sampled until every path stays inside and the objects never touch."""
-    size, (half, _) = cfg.frame_size, _sizes(cfg.frame_size)
-    objects = _objects(py, OBJECTS_PER_CLIP)
+    size, (half, _) = cfg.frame_size, sprite_sizes(cfg.frame_size)
+    objects = random_objects(py, OBJECTS_PER_CLIP)
     while True:
         events = _events(py, cfg)
         if len({(e.obj, e.answer) for e in events}) < len(events):
@@ -177,13 +177,13 @@ def _clip(
             starts = [(py.randint(half, size - half - 1), py.randint(half, size - half - 1))]
             starts.append((py.randint(half, size - half - 1), py.randint(half, size - half - 1)))
             tracks = _tracks(events, starts, cfg)
-            if all(_inside(t, size) for t in tracks) and _apart(tracks[0], tracks[1], half):
+            if all(_inside(t, size) for t in tracks) and tracks_apart(tracks[0], tracks[1], half):
                 return objects, events, tracks
 
 
 def sentence(event: TimedEvent, objects: list[tuple[str, str]]) -> str:
     """The event's query, with the definite article (moving_shapes' phrase templates)."""
-    return _phrase(Event(event.obj, event.kind, event.direction), objects, (1, 0, 0))
+    return event_phrase(Event(event.obj, event.kind, event.direction), objects, (1, 0, 0))
 
 
 def question(events: list[TimedEvent], k: int, objects: list[tuple[str, str]]) -> str:

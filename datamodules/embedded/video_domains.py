@@ -5,8 +5,8 @@ whole clip: ``left``, ``right``, ``up``, ``down`` (a straight move), ``appear`` 
 ``disappear`` (halfway through). Every action needs time: a single frame shows a shape at some
 place (or none), and the reversed clip of one class is a clip of another (left <-> right,
 up <-> down, appear <-> disappear). The objects, their paths and their drawing are those of
-:mod:`datamodules.embedded.moving_shapes` (its ``_objects``, ``_tracks``, ``render``), so the
-sprites and motions are the same as in the video-text data.
+:mod:`datamodules.embedded.moving_shapes` (its ``random_objects``, ``event_tracks``,
+``render``), so the sprites and motions are the same as in the video-text data.
 
 The two domains differ only in the static background (the domain gap of UCF <-> HMDB or
 Jester's two halves, scoped down to appearance):
@@ -32,7 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.embedded.cache import config_key, write_once
-from datamodules.embedded.moving_shapes import DIRECTIONS, Event, _objects, _tracks, render
+from datamodules.embedded.moving_shapes import (
+    DIRECTIONS,
+    Event,
+    event_tracks,
+    random_objects,
+    render,
+)
 
 GENERATOR_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -95,8 +101,8 @@ def clip(
     """One clip ``uint8 [T, S, S, 3]``: a random object doing ``action`` on a ``domain``
     background. The moving-shapes renderer draws on grey; drawing on black and on white gives
     the object mask, and the object is then pasted on the coloured background."""
-    objects, events = _objects(py, 1), [event_of(action)]
-    tracks = _tracks(py, events, cfg.num_frames, cfg.frame_size)
+    objects, events = random_objects(py, 1), [event_of(action)]
+    tracks = event_tracks(py, events, cfg.num_frames, cfg.frame_size)
     size = (cfg.frame_size, cfg.frame_size)
     on_black = render(objects, tracks, np.zeros(size, np.uint8))
     on_white = render(objects, tracks, np.full(size, 255, np.uint8))
