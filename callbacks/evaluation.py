@@ -20,6 +20,7 @@ import callbacks.grounding  # noqa: F401  (registers grounding)
 import callbacks.mask_grounding  # noqa: F401  (registers mask_grounding)
 import callbacks.modality_zero_shot  # noqa: F401  (registers modality_zero_shot)
 import callbacks.transcript  # noqa: F401  (registers wer)
+import callbacks.uniformity_tolerance  # noqa: F401  (registers uniformity_tolerance)
 import callbacks.volume_retrieval  # noqa: F401  (registers volume_retrieval)
 from callbacks.evaluators import EVALUATORS, Evaluator, chosen_evaluators
 

@@ -94,6 +94,7 @@ METHODS = Registry(
         "modules.fdt",
         "modules.g2l",
         "modules.gram",
+        "modules.hard_negative",
         "modules.languagebind",
         "modules.mcl",
         "modules.modality_pairwise",

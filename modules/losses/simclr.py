@@ -28,9 +28,12 @@ from torch import Tensor
 from modules.distributed import gather_with_grad, rank, world_size
 
 
-def nt_xent_loss(a: Tensor, b: Tensor, logit_scale: Tensor | float) -> Tensor:
-    """NT-Xent of two views ``a``, ``b`` [b, D] (this rank's rows, row i of both the same item,
-    L2-normalised), logits ``logit_scale * <z_i, z_k>`` (``logit_scale`` = 1/tau)."""
+def nt_xent_logits(a: Tensor, b: Tensor, logit_scale: Tensor | float) -> tuple[Tensor, Tensor]:
+    """The softmax input of NT-Xent: logits [2b, 2N] of this rank's rows of both views (view
+    ``a`` first) against the gathered columns of both views, the sample itself at ``-inf``, and
+    each row's positive column [2b]. Every other finite entry of a row is a negative; a variant
+    that drops negatives (modules/losses/hard_negative.py) masks more entries of the same
+    logits."""
     assert a.shape == b.shape, f"view shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}"
     local = a.shape[0]
     total = world_size() * local
@@ -40,4 +43,10 @@ def nt_xent_loss(a: Tensor, b: Tensor, logit_scale: Tensor | float) -> Tensor:
     itself = torch.cat([own, own + total])
     positive = torch.cat([own + total, own])
     logits = logits.masked_fill(F.one_hot(itself, 2 * total).bool(), float("-inf"))
-    return F.cross_entropy(logits, positive)
+    return logits, positive
+
+
+def nt_xent_loss(a: Tensor, b: Tensor, logit_scale: Tensor | float) -> Tensor:
+    """NT-Xent of two views ``a``, ``b`` [b, D] (this rank's rows, row i of both the same item,
+    L2-normalised), logits ``logit_scale * <z_i, z_k>`` (``logit_scale`` = 1/tau)."""
+    return F.cross_entropy(*nt_xent_logits(a, b, logit_scale))
