@@ -16,9 +16,12 @@ from typing import Any
 import lightning.pytorch as pl
 
 import callbacks.continual  # noqa: F401  (registers continual)
+import callbacks.effective_rank  # noqa: F401  (registers effective_rank)
 import callbacks.grounding  # noqa: F401  (registers grounding)
 import callbacks.mask_grounding  # noqa: F401  (registers mask_grounding)
 import callbacks.modality_zero_shot  # noqa: F401  (registers modality_zero_shot)
+import callbacks.open_world  # noqa: F401  (registers open_world)
+import callbacks.spaces  # noqa: F401  (registers space_probe)
 import callbacks.transcript  # noqa: F401  (registers wer)
 import callbacks.uniformity_tolerance  # noqa: F401  (registers uniformity_tolerance)
 import callbacks.volume_retrieval  # noqa: F401  (registers volume_retrieval)

@@ -86,8 +86,10 @@ class ShapesViewsDataConfig(ItemsDataConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         scenes_of(self)
-        if self.views < 1 or self.small_views < 0 or self.views + self.small_views < 2:
-            raise ValueError("data.views >= 1, data.small_views >= 0, at least 2 views in all")
+        # one view is supervised fine-tuning's augmented input (Core-tuning); methods that
+        # contrast views check their own number (modules/simclr.py check_views)
+        if self.views < 1 or self.small_views < 0:
+            raise ValueError("data.views >= 1 and data.small_views >= 0")
         if self.augment.train:
             raise ValueError(
                 "data.augment.train is unused: shapes_views training batches carry only views; "

@@ -33,6 +33,12 @@ FAMILY_METRICS = {
     "referring_shapes": ["test/modality_gap", "test/mask_grounding/audio/accuracy"],
     "spoken_commands": ["test/retrieval/audio_to_text/R1"],
     "video_domains": ["test/classifier/video/action/accuracy"],
+    "shapes_salient": ["test/linear_probe/color/accuracy", "test/knn/group/accuracy"],
+    "shapes_domains": ["test/classifier/image/shape/accuracy"],
+    "shapes_generators": [
+        "test/open_world/source/known/accuracy",
+        "test/open_world/source/novel/accuracy",
+    ],
 }
 #: Families whose two encoders are not a retrieval pair (a query and its clip: grounding).
 UNPAIRED = {"timed_events"}

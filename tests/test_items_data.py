@@ -480,8 +480,8 @@ def test_registered_and_configs_validated():
         {"views": 2, "view_augment": [[crop], [crop, {"name": "HorizontalFlip"}]], **TINY},
     )
     assert ShapesViewsDataModule(cfg).view_sizes == {"image@0": 32, "image@1": 32}
-    with pytest.raises(ValueError, match="at least 2 views"):
-        ShapesViewsDataConfig(views=1)
+    with pytest.raises(ValueError, match="data.views >= 1"):
+        ShapesViewsDataConfig(views=0)
     with pytest.raises(ValueError, match="augment.train is unused"):
         as_dataclass(ShapesViewsDataConfig, {"augment": {"train": [{"name": "HorizontalFlip"}]}})
     with pytest.raises(ValueError, match="3 step lists for 2 views"):

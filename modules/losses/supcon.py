@@ -19,6 +19,13 @@ against the gathered candidates of every rank (the convention of
 :func:`~modules.losses.contrastive.clip_loss`), and each rank divides its anchors' sum by the
 global number of kept anchors over the world size, so the mean of the ranks' losses is the
 one-process loss whatever the number of kept samples per rank. No kept anchor: 0.
+
+Core-tuning's focal form (Zhang et al., NeurIPS 2021; official ``Vanint/Core-tuning``
+``focal_SupConLoss``): ``focal=True`` weights each positive's ``log p_ap`` by ``(1 - p_ap)``,
+where ``p_ap`` is the softmax probability above (not detached, as in the code), so pairs the
+model already matches contribute nothing; ``average="columns"`` divides an anchor's sum by
+the number of columns of the similarity matrix (every candidate, itself included: the code's
+``.mean(1)``) instead of by ``|P(a)|`` (``"positives"``, the paper's form and SupCon's).
 """
 
 from __future__ import annotations
@@ -37,12 +44,18 @@ def supcon_loss(
     temperature: float,
     base_temperature: float | None = None,
     keep: Tensor | None = None,
+    focal: bool = False,
+    average: str = "positives",
 ) -> Tensor:
     """SupCon over ``views`` (V tensors [b, D], local rows, same samples in the same order);
     ``ids`` [b]: equal ids are positives (comparable across ranks: class ids, or global sample
-    ids); ``base_temperature`` None: ``temperature`` (no rescaling); ``keep`` [b] bool."""
+    ids); ``base_temperature`` None: ``temperature`` (no rescaling); ``keep`` [b] bool;
+    ``focal``, ``average``: Core-tuning's focal weight and per-anchor average (module
+    docstring)."""
     if len(views) < 1:
         raise ValueError("supcon_loss needs at least one view")
+    if average not in ("positives", "columns"):
+        raise ValueError(f"average must be 'positives' or 'columns', got {average!r}")
     b = views[0].shape[0]
     keep = torch.ones(b, dtype=torch.bool, device=ids.device) if keep is None else keep.bool()
     anchors = torch.cat(list(views))  # [V b, D], view-major
@@ -63,9 +76,9 @@ def supcon_loss(
     log_prob = logits - logits.logsumexp(dim=1, keepdim=True)
     positive = (row_ids[:, None] == col_ids[None, :]) & allowed
     count = positive.sum(dim=1)
-    mean_pos = torch.where(positive, log_prob, torch.zeros_like(log_prob)).sum(1) / count.clamp_min(
-        1
-    )
+    log_prob = torch.where(positive, log_prob, torch.zeros_like(log_prob))  # 0 off positives
+    summed = ((1 - log_prob.exp()) * log_prob if focal else log_prob).sum(1)
+    mean_pos = summed / (count.clamp_min(1) if average == "positives" else candidates.shape[0])
     used = row_keep & (count > 0)
     total = gather_no_grad(used.sum()[None]).sum()
     if total == 0:
