@@ -14,8 +14,8 @@ views, the projection head ``g`` (``ProjectionHead``, global BatchNorm), ``z = n
 (``projected_views``), exactly two views (``check_views``), evaluation on ``h`` before the head.
 So ``experiments/hard_negative_simclr.yaml`` against ``experiments/simclr.yaml`` changes one
 thing, the loss. ``hard_fraction = 1`` is SimCLR exactly (same loss, same parameters), which
-also gives SimCLR's geometry in the projected space: this module exposes ``z`` of the evaluation
-inputs as ``projection/<modality>``, which SimCLR does not.
+and both expose ``z`` of the evaluation inputs as ``projection/<modality>`` (the space whose
+uniformity and tolerance the paper measures).
 
 Scoped down: the paper trains a ResNet-18 with a memory bank of negatives on CIFAR-10/100,
 SVHN and ImageNet-100; here the negatives are SimCLR's in-batch ones (2N - 2 per anchor) of the
@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from modules.losses.hard_negative import hard_negative_loss
@@ -63,13 +62,3 @@ class HardNegativeSimCLR(SimCLR):
         a, b = projected_views(self, self.head, batch, outputs, (0, 1))
         fraction = self.method_cfg.hard_fraction
         return {"hard_nt_xent": hard_negative_loss(a, b, self.scale, fraction)}
-
-    def eval_outputs(
-        self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
-    ) -> dict[str, Tensor]:
-        """``projection/<modality>``: ``normalize(g(h))`` of the plain evaluation input, the space
-        the loss compares, where the paper measures uniformity and tolerance
-        (``uniformity_tolerance`` reports them there too, besides on ``h``)."""
-        name = self.modalities[0]
-        z = F.normalize(self.head(self.embedding(name, outputs[name])), dim=-1)
-        return {f"projection/{name}": z}

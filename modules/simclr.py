@@ -77,6 +77,15 @@ def projected_views(
     return [projected[v] for v in views]
 
 
+def projection_outputs(
+    module: AlignmentModule, head: nn.Module, outputs: dict[str, TowerOutput]
+) -> dict[str, Tensor]:
+    """``projection/<modality>``: ``normalize(head(h))`` of the plain evaluation input, the space
+    the loss compares (``uniformity_tolerance`` measures it there too, besides on ``h``)."""
+    name = module.modalities[0]
+    return {f"projection/{name}": F.normalize(head(module.embedding(name, outputs[name])), dim=-1)}
+
+
 def check_views(module: AlignmentModule, needed: int, exact: bool) -> int:
     """The number of training views of the module's encoder, checked against ``needed``
     (at least, or exactly)."""
@@ -127,3 +136,8 @@ class SimCLR(AlignmentModule):
     def losses(self, batch: dict[str, Any], outputs: dict[str, TowerOutput]) -> dict[str, Tensor]:
         a, b = projected_views(self, self.head, batch, outputs, (0, 1))
         return {"nt_xent": nt_xent_loss(a, b, self.scale)}
+
+    def eval_outputs(
+        self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
+    ) -> dict[str, Tensor]:
+        return projection_outputs(self, self.head, outputs)

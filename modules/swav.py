@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from modules.base import AlignmentModule, MethodConfig
 from modules.losses.swav import swav_loss
 from modules.registry import METHODS
-from modules.simclr import ProjectionHead, check_views, projected_views
+from modules.simclr import ProjectionHead, check_views, projected_views, projection_outputs
 from modules.towers.output import TowerOutput
 
 
@@ -119,3 +119,8 @@ class SwAV(AlignmentModule):
             iterations=cfg.sinkhorn_iterations,
         )
         return {"swav": loss}
+
+    def eval_outputs(
+        self, batch: dict[str, Any], outputs: dict[str, TowerOutput]
+    ) -> dict[str, Tensor]:
+        return projection_outputs(self, self.head, outputs)
