@@ -85,6 +85,15 @@ class EmbeddedSource(Source[Split]):
     def ensure(generator: Any, cache: Path) -> Path:
         raise NotImplementedError
 
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        """The generator's own checks, as one-line ``data.<field>: ...`` errors (its messages
+        start with the field name)."""
+        try:
+            cls.generator_of(cfg)
+        except ValueError as err:
+            raise ValueError(f"data.{err}") from None
+
     def directory(self) -> Path:
         """The generated data's directory in the cache (generated if absent)."""
         return self.ensure(self.generator, cache_root(self.cfg.cache_dir))

@@ -74,13 +74,6 @@ class EmbeddedVideoDomains(EmbeddedSource[ItemSplit]):
     generator_of = staticmethod(generator_of)
     ensure = staticmethod(ensure_video_domains)
 
-    @classmethod
-    def check(cls, cfg: Any) -> None:
-        try:
-            generator_of(cfg)
-        except ValueError as err:  # its messages start with the field name
-            raise ValueError(f"data.{err}") from None
-
     def _split(self, split: str) -> ItemSplit:
         directory = self.directory()
         labels = load_labels(directory, split)

@@ -73,13 +73,6 @@ class EmbeddedMovingShapes(EmbeddedSource[VideoTextSplit], VideoTextSource):
             seed=cfg.seed,
         )
 
-    @classmethod
-    def check(cls, cfg: Any) -> None:
-        try:
-            cls.generator_of(cfg)
-        except ValueError as err:  # its messages start with the field name
-            raise ValueError(f"data.{err}") from None
-
     def zero_shot_tasks(self) -> dict[str, list[str]]:
         return zero_shot_prompts()
 
