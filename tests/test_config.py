@@ -87,8 +87,7 @@ def test_parse_overrides_types_and_nesting():
         (
             "data.name=imagenet",
             "data.name: unknown data 'imagenet'; known: audio_visual, image_text, "
-            "medical_report, referring_shapes, shapes_depth_sounds, shapes_sizes, shapes_sounds, "
-            "shapes_views, spoken_commands, timed_events, video_domains, video_text",
+            "medical_report, referring_shapes, shapes_depth_sounds, shapes_",
         ),
         ("model.audio.name=cnn", "model.audio.name: 'cnn' is an image tower; audio towers"),
         (
