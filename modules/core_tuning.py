@@ -50,6 +50,9 @@ from modules.simclr import check_views
 from modules.towers.output import TowerOutput
 
 _MIXING = 62  # salt of the mining's random draws
+#: The code's fixed ``base_temperature``: the loss is scaled by ``temperature / 0.07`` (1 at the
+#: default tau), as the official ``focal_SupConLoss`` would be if its tau were changed.
+OFFICIAL_BASE_TEMPERATURE = 0.07
 
 
 @dataclass
@@ -137,6 +140,7 @@ class CoreTuning(AlignmentModule):
             [self.contrastor(rows)],
             own,
             cfg.temperature,
+            base_temperature=OFFICIAL_BASE_TEMPERATURE,
             focal=True,
             average=cfg.supcon_average,
         )

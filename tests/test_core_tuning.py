@@ -149,15 +149,17 @@ def test_mixtures_follow_the_draws_and_mix_labels_alike():
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     soft = F.one_hot(labels, 3).to(F64)
     positions = torch.tensor([1, 4])
-    draws = MixingDraws(torch.tensor([3, 0]), torch.tensor([0.8, 1.0]), torch.tensor([0.25, 1.0]))
+    draws = MixingDraws(torch.tensor([3, 0]), torch.tensor([0.8, 0.9]), torch.tensor([0.25, 0.7]))
     rows, mixed = hard_pair_mixtures(features, soft, labels, positions, draws)
     hp, hn = brute_hardest(features, labels, positions)
     torch.testing.assert_close(rows[0], 0.2 * features[1] + 0.8 * features[3])
-    torch.testing.assert_close(rows[1], features[0])  # lambda 1: the partner itself
+    torch.testing.assert_close(rows[1], 0.1 * features[4] + 0.9 * features[0])
     torch.testing.assert_close(rows[2], 0.25 * features[hp[0]] + 0.75 * features[hn[0]])
-    torch.testing.assert_close(rows[3], features[hp[1]])
+    torch.testing.assert_close(rows[3], 0.7 * features[hp[1]] + 0.3 * features[hn[1]])
     torch.testing.assert_close(mixed[0], torch.tensor([0.2, 0.8, 0.0], dtype=F64))
-    torch.testing.assert_close(mixed.sum(dim=1), torch.ones(4, dtype=F64))
+    torch.testing.assert_close(mixed[1], 0.1 * soft[4] + 0.9 * soft[0])
+    torch.testing.assert_close(mixed[2], 0.25 * soft[hp[0]] + 0.75 * soft[hn[0]])
+    torch.testing.assert_close(mixed[3], 0.7 * soft[hp[1]] + 0.3 * soft[hn[1]])
 
 
 def test_soft_label_ids_and_soft_cross_entropy():
@@ -165,6 +167,10 @@ def test_soft_label_ids_and_soft_cross_entropy():
     ids = soft_label_ids(soft)
     assert ids[0] == ids[2] and ids[1] == ids[3] and len(set(ids.tolist())) == 3
     logits = torch.randn(5, 2, dtype=F64)
+    by_hand = -sum(
+        (soft[i].double() * torch.log(torch.softmax(logits[i], dim=0))).sum() for i in range(5)
+    )
+    torch.testing.assert_close(soft_cross_entropy(logits, soft.double()), by_hand / 5)
     hard = torch.tensor([0, 1, 0, 1, 0])
     one_hot = F.one_hot(hard, 2).to(F64)
     torch.testing.assert_close(soft_cross_entropy(logits, one_hot), F.cross_entropy(logits, hard))
@@ -205,6 +211,37 @@ def test_ce_tuning_is_plain_cross_entropy_on_the_features():
     features = m.embedding("image", outputs["image@0"])
     expected = F.cross_entropy(m.classifier(features), batch["label/shape"])
     torch.testing.assert_close(terms["ce"], expected)
+
+
+def test_module_losses_equal_a_recomputation_of_the_rows_and_terms():
+    """Both terms on [f; f'; f''] (3B rows): the CE by hand, the focal SupCon by the slow loop
+    on the contrastor's rows with identical soft labels as positives, scaled by tau / 0.07."""
+    m = module(temperature=0.1)
+    batch = views_batch()
+    outputs = m.encode(batch)
+    terms = m.losses(batch, outputs)
+    f = m.embedding("image", outputs["image@0"])
+    labels = batch["label/shape"]
+    one_hot = F.one_hot(labels, 3).to(f.dtype)
+    draws = mixing_draws(batch["index"], torch.arange(6), 6, m.global_step, 1.0, salt=62)
+    hp, hn = brute_hardest(f.detach(), labels, torch.arange(6))
+    neg_l, pos_l = draws.negative_lambda[:, None], draws.positive_lambda[:, None]
+    rows = torch.cat(
+        [f, (1 - neg_l) * f + neg_l * f[draws.partner], pos_l * f[hp] + (1 - pos_l) * f[hn]]
+    )
+    soft = torch.cat(
+        [
+            one_hot,
+            (1 - neg_l) * one_hot + neg_l * one_hot[draws.partner],
+            pos_l * one_hot[hp] + (1 - pos_l) * one_hot[hn],
+        ]
+    )
+    ce = -(torch.log_softmax(m.classifier(rows), dim=1) * soft).sum(1).mean()
+    torch.testing.assert_close(terms["ce"], ce)
+    ids = [tuple(row) for row in soft.round(decimals=6).tolist()]
+    z = m.contrastor(rows).double()
+    expected = slow_focal_supcon(z, ids, 0.1, "positives") * 0.1 / 0.07
+    torch.testing.assert_close(terms["focal_supcon"].double(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_mining_adds_two_mixtures_per_sample_and_both_terms_train_the_tower():

@@ -36,8 +36,13 @@ Choices (the code's quirks, decided here):
   rather than as one permutation, so that every sample's draws depend only on its dataset
   index and the step, and 2 processes reproduce 1 (the code: one ``random.shuffle``, whose
   comment accepts the same thing: "even if a few pairs are not negative");
-- soft labels are grouped into classes by their values rounded to 1e-6 (the code encodes
-  them as ``sum_c y_c 10^c`` and label-encodes the floats).
+- soft labels are grouped into classes by their values rounded to 1e-6, i.e. identical
+  mixtures are positives, the intended meaning. The code encodes a row as ``sum_c y_c 10^c`` in
+  float32 and label-encodes the floats, which merges distinct mixtures whose codes round to the
+  same float (e.g. ``0.2 e_0 + 0.8 e_9`` and ``0.2 e_1 + 0.8 e_9`` on CIFAR-10) and overflows for
+  100 classes; that coarser grouping is not reproduced;
+- the mining and the contrast see the whole (global) batch of ``data.batch_size`` samples; the
+  official run accumulates 4 micro-batches of 64, so its pairs are mined within 64 samples.
 """
 
 from __future__ import annotations
