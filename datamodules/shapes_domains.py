@@ -4,7 +4,7 @@ domain (source-free active domain adaptation, LFTL).
 The built-in data (datamodules/embedded/shape_domains.py): one of 6 shapes per image on a dark
 grey background (source) or a bright striped colour background (target); or the Office-31 /
 Office-Home / VisDA-C image lists on disk (``data.format: image_list``,
-datamodules/formats/image_lists.py).
+datamodules/formats/da_lists.py).
 
 ``data.domain`` picks the training items' domain (``source``: the source stage; ``target``:
 the unlabelled target pool of the query rounds, whose ``label/shape`` is the oracle a method

@@ -17,7 +17,7 @@ from PIL import Image
 
 from datamodules.embedded.shape_domains import ShapeDomainsConfig, generate
 from datamodules.errors import DataError
-from datamodules.formats.image_lists import read_image_list
+from datamodules.formats.da_lists import read_image_list
 from datamodules.shapes_domains import ShapesDomainsDataConfig, ShapesDomainsDataModule
 from experiments.config import load_experiment
 from experiments.stages import build, fit_context

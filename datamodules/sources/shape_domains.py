@@ -21,7 +21,7 @@ from datamodules.embedded.shape_domains import (
     ensure_shape_domains,
     load_labels,
 )
-from datamodules.formats.image_lists import read_image_list
+from datamodules.formats.da_lists import read_image_list
 from datamodules.items import ItemSplit, MappedItems
 from datamodules.media import IMAGE_ERRORS, MediaError
 from datamodules.sources import SOURCES, EmbeddedSource, Source
@@ -78,7 +78,7 @@ class ListedImages:
 
 @SOURCES.register("shapes_domains", "image_list")
 class ListedShapeDomains(Source[ItemSplit]):
-    """Office-31 / Office-Home / VisDA-C image lists (datamodules/formats/image_lists.py) under
+    """Office-31 / Office-Home / VisDA-C image lists (datamodules/formats/da_lists.py) under
     ``data.root``: ``source_list`` and ``target_list`` (the domains), images under ``images``.
     As in LFTL's code the target list is both the pool and the test set (transductive), unless
     ``eval_list`` names a held-out list of the evaluation domain."""
