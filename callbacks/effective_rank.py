@@ -29,7 +29,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from callbacks.evaluators import Evaluator, register
+from callbacks.evaluators import Evaluator, option_modality, register
 from callbacks.metrics import first_occurrence
 
 
@@ -86,12 +86,7 @@ class EffectiveRankEvaluator(Evaluator):
         self, module: Any, datamodule: Any, options: dict[str, Any], shared: dict | None = None
     ) -> None:
         super().__init__(module, datamodule, options, shared)
-        self.side = options.get("modality", module.modalities[0])
-        if self.side not in module.modalities:
-            raise ValueError(
-                f"effective_rank: modality {self.side!r} is not among the encoders "
-                f"{list(module.modalities)}"
-            )
+        self.side = option_modality(self.name, module, options)
         self.metric = EffectiveRank(max_items=options.get("max_items", 4096)).to(self.device)
 
     @classmethod

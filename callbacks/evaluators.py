@@ -62,6 +62,18 @@ def register(cls: type[Evaluator]) -> type[Evaluator]:
     return cls
 
 
+def option_modality(evaluator: str, module: Any, options: dict[str, Any]) -> str:
+    """The encoder an evaluator of one modality reads: ``options.modality``, by default the
+    method's first; one that is not among the method's encoders is a one-line error."""
+    side = options.get("modality", module.modalities[0])
+    if side not in module.modalities:
+        raise ValueError(
+            f"{evaluator}.modality: modality {side!r} is not among the encoders "
+            f"{list(module.modalities)}"
+        )
+    return side
+
+
 def pairs_of(datamodule: Any, modalities: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     """The modality pairs to evaluate: the data's ``pairs``, else every pair of encoders."""
     declared = getattr(datamodule, "pairs", None)

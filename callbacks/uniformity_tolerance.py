@@ -30,7 +30,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from callbacks.evaluators import Evaluator, register
+from callbacks.evaluators import Evaluator, option_modality, register
 from callbacks.metrics import first_occurrence
 from modules.losses.contrastive_gap import uniformity
 
@@ -89,12 +89,7 @@ class UniformityToleranceEvaluator(Evaluator):
         self, module: Any, datamodule: Any, options: dict[str, Any], shared: dict | None = None
     ) -> None:
         super().__init__(module, datamodule, options, shared)
-        self.side = options.get("modality", module.modalities[0])
-        if self.side not in module.modalities:
-            raise ValueError(
-                f"uniformity_tolerance.modality: {self.side!r} not among the encoders "
-                f"{list(module.modalities)}"
-            )
+        self.side = option_modality(self.name, module, options)
         tasks = tuple(options.get("tasks") or getattr(datamodule, "labels", None) or ())
         most = options.get("max_items", 4096)
         self.metric = UniformityTolerance(tasks, most).to(self.device)
