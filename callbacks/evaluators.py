@@ -524,8 +524,9 @@ class Regression(Evaluator):
 @register
 class STS(Evaluator):
     """Spearman correlation (x100) between the cosine of two embeddings and a gold score
-    (``options``: ``pair`` of embedding names, ``target`` name; defaults: the first two
-    encoders and ``score``)."""
+    (``options``: ``pair`` of embedding names, ``target`` name; defaults: the data's
+    ``sts_pair``, e.g. ``("text", "text@1")`` for sentence pairs, else the first two encoders,
+    and ``score``). On by default for data that declares ``sts_pair``."""
 
     name = "sts"
 
@@ -533,9 +534,14 @@ class STS(Evaluator):
         self, module: Any, datamodule: Any, options: dict[str, Any], shared: dict | None = None
     ) -> None:
         super().__init__(module, datamodule, options, shared)
-        self.pair = tuple(options.get("pair") or module.modalities[:2])
+        default = getattr(datamodule, "sts_pair", None) or module.modalities[:2]
+        self.pair = tuple(options.get("pair") or default)
         self.target = options.get("target", "score")
         self.metric = STSSpearman().to(self.device)
+
+    @classmethod
+    def applies(cls, module: Any, datamodule: Any) -> bool:
+        return bool(getattr(datamodule, "sts_pair", None))
 
     def update(self, out: dict[str, Any], batch: dict[str, Any]) -> None:
         a, b = self.pair
@@ -667,6 +673,8 @@ def monitor_of(evaluators: dict[str, dict[str, Any]], datamodule: Any) -> tuple[
             tasks = evaluators[name].get("tasks") or list(getattr(datamodule, "labels", {}))
             if tasks:
                 return f"val/{name}/{tasks[0]}/accuracy", "max"
+    if "sts" in evaluators:
+        return "val/sts/spearman", "max"
     if "regression" in evaluators:
         targets = evaluators["regression"].get("targets") or list(datamodule.targets)
         return f"val/regression/{targets[0]}/MAE", "min"

@@ -103,7 +103,8 @@ SamplesPlugin = Callable[[list[dict]], list[dict]]
 
 class TokenizeCollate:
     """Runs its ``plugins`` over the samples in order, then stacks tensors, turns ints into a
-    long tensor, tokenizes ``text`` into ``text_ids`` and ``text_mask`` (K parallel captions
+    long tensor, tokenizes ``text`` into ``text_ids`` and ``text_mask`` (views of text
+    ``text@<v>`` into ``text@<v>_ids`` / ``text@<v>_mask``; K parallel captions
     ``text_k`` into ``text_ids_k`` / ``text_mask_k`` ``[B, K, L]``, padded together), and joins
     the samples' ``skipped`` lists into one list of strings (empty when every file loaded; a
     list, so batch transfer and micro-batch splitting leave it be)."""
@@ -119,6 +120,8 @@ class TokenizeCollate:
             values = [s[key] for s in samples]
             if key == "text":
                 batch["text_ids"], batch["text_mask"] = self.tokenizer.encode(values)
+            elif key.startswith("text@"):  # a view of text: another sentence per sample
+                batch[f"{key}_ids"], batch[f"{key}_mask"] = self.tokenizer.encode(values)
             elif key == "text_k":
                 ids, mask = self.tokenizer.encode([text for texts in values for text in texts])
                 shape = (len(values), -1, ids.shape[1])

@@ -37,10 +37,12 @@ HEADLINE = (
     "/mean_auroc",
     "/mrv",
     "/MAE",
+    "/spearman",
 )
 SUMMARY = "Summary/"
 UNITS = (
-    "R<K>, mAP and accuracies are percentages; modality_gap is the distance between the two "
+    "R<K>, mAP and accuracies are percentages; spearman is Spearman's rho x 100; modality_gap "
+    "is the distance between the two "
     "modalities' mean embeddings; alignment the mean distance of positive pairs."
 )
 # loader knobs that do not change which data a run sees

@@ -148,6 +148,16 @@ def input_key(tower: nn.Module) -> str:
     return getattr(tower, "key", "text")
 
 
+def tower_input(tower: nn.Module, batch: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """What ``tower`` reads to encode ``batch[key]`` (e.g. a view ``image@1``; for a text
+    tower the tokens ``<key>_ids`` / ``<key>_mask``), None if the batch lacks it."""
+    if input_key(tower) == "text":
+        if f"{key}_ids" not in batch:
+            return None
+        return {"text_ids": batch[f"{key}_ids"], "text_mask": batch[f"{key}_mask"]}
+    return {input_key(tower): batch[key]} if key in batch else None
+
+
 class AlignmentModule(L.LightningModule):
     """Named encoders + learnable temperature + optional frozen teacher (see the module
     docstring for the hooks a method implements).
@@ -164,7 +174,8 @@ class AlignmentModule(L.LightningModule):
     #: How many encoders the method needs (None: any number).
     num_encoders: ClassVar[int | None] = None
     #: ``method.*`` overrides that remove the loss's random draws (views, noise), for checks
-    #: that compare two runs of a step bit for bit (tests/conformance/test_methods.py).
+    #: that compare two runs of a step bit for bit (tests/conformance/test_methods.py); keys
+    #: starting with ``model.`` override the model block (a tower's dropout: SimCSE's views).
     deterministic_overrides: ClassVar[dict[str, Any]] = {}
 
     def __init__(
@@ -313,8 +324,9 @@ class AlignmentModule(L.LightningModule):
             if key in batch or f"{key}_ids" in batch:
                 outputs[name] = tower(batch)
             for v in range(self.views.get(name, 0)):
-                if view_name(key, v) in batch:
-                    outputs[view_name(name, v)] = tower({key: batch[view_name(key, v)]})
+                inputs = tower_input(tower, batch, view_name(key, v))
+                if inputs is not None:
+                    outputs[view_name(name, v)] = tower(inputs)
         return outputs
 
     @torch.no_grad()
@@ -342,9 +354,13 @@ class AlignmentModule(L.LightningModule):
     @torch.no_grad()
     def encode_input(self, batch: dict[str, Any], modality: str, key: str) -> torch.Tensor:
         """L2-normalised embeddings of ``batch[key]`` through the ``modality`` encoder, e.g. a
-        time-shifted clip (``video_shifted``) through the video tower."""
+        time-shifted clip (``video_shifted``) through the video tower, or a second sentence
+        (``text@1``: its tokens ``text@1_ids`` / ``text@1_mask``) through the text tower."""
         tower = self.towers[modality]
-        return self.normalized(modality, tower({input_key(tower): batch[key]}))
+        inputs = tower_input(tower, batch, key)
+        if inputs is None:
+            raise KeyError(f"batch has no {key!r} for the {modality} encoder")
+        return self.normalized(modality, tower(inputs))
 
     @property
     def scale(self) -> torch.Tensor:
@@ -503,7 +519,10 @@ class AlignmentModule(L.LightningModule):
         if self.loss_on_eval:
             terms = self.losses(batch, outputs)
             self._log_step(terms, self.total_loss(terms), outputs, split, len(batch["index"]))
-        raw = {name: self.embedding(name, outputs[name]) for name in self.modalities}
+        # the encoders' embeddings, and those of views the evaluation batch carries (an STS
+        # pair's second sentence ``text@1``)
+        names = [n for n in outputs if n.partition("@")[0] in self.modalities]
+        raw = {name: self.embedding(name, outputs[name]) for name in names}
         return {
             "embeddings": {name: F.normalize(value, dim=-1) for name, value in raw.items()},
             "raw": raw,

@@ -111,6 +111,7 @@ METHODS = Registry(
         "modules.epcformer",
         "modules.sepclr",
         "modules.cpl",
+        "modules.simcse",
     ],
 )
 TOWERS = Registry(
@@ -143,5 +144,6 @@ DATAMODULES = Registry(
         "datamodules.shapes_salient",
         "datamodules.shapes_domains",
         "datamodules.shapes_generators",
+        "datamodules.sentences",
     ],
 )

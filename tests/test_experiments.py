@@ -39,6 +39,7 @@ FAMILY_METRICS = {
         "test/open_world/source/known/accuracy",
         "test/open_world/source/novel/accuracy",
     ],
+    "sentences": ["test/sts/spearman"],
 }
 #: Families whose two encoders are not a retrieval pair (a query and its clip: grounding).
 UNPAIRED = {"timed_events"}

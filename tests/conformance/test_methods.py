@@ -63,7 +63,10 @@ def prepared(method: str) -> tuple[dict, dict]:
     """(checkpoint of an untrained module, one training batch) for ``method``, float64."""
     path, prefix = yaml_of(method)
     cls = METHODS.get(method).cls
-    extra = [f"{prefix}method.{k}={v}" for k, v in cls.deterministic_overrides.items()]
+    extra = [
+        f"{prefix}{k}={v}" if k.startswith("model.") else f"{prefix}method.{k}={v}"
+        for k, v in cls.deterministic_overrides.items()
+    ]
     stages = load_experiment(path, [*TINY, *(f"{prefix}{o}" for o in TINY), *extra])
     cfg = stages[-1].plain
     torch.manual_seed(0)
