@@ -142,7 +142,7 @@ def test_nli_reader_builds_simcse_triples(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
     assert read_nli_jsonl(path) == [("P1", "E1", "C1"), ("P3", "E3", "C3")]
     path.write_text(json.dumps(rows[0]) + "\n{not json\n", encoding="utf-8")
-    with pytest.raises(DataError, match=f"{path}:2: not a JSON object"):
+    with pytest.raises(DataError, match=f"{path}:2: invalid JSON"):
         read_nli_jsonl(path)
     path.write_text(json.dumps({"sentence1": "P"}) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=f"{path}:1: missing field"):

@@ -16,7 +16,7 @@ absent or ``null`` means no label. The image-text datamodule turns the columns i
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,25 @@ def captions_of(record: Mapping[str, Any]) -> list[str] | None:
     return captions
 
 
+def json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(file:line, object)`` for each non-blank line of a JSONL file (a byte-order mark
+    allowed); a line that is not JSON, or not a JSON object, is a :class:`DataError` naming it."""
+    if not path.is_file():
+        raise DataFileMissing(f"JSONL file {path} not found")
+    with path.open(encoding="utf-8-sig") as lines, utf8_text(path):
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}: invalid JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{where}: expected a JSON object")
+            yield where, record
+
+
 def read_jsonl(
     manifest: str | Path, image_dir: str | Path, labels: LabelReader | None = None
 ) -> FileCaptions:
@@ -146,27 +165,19 @@ def read_jsonl(
     if not manifest.is_file():
         raise DataFileMissing(f"JSONL manifest {manifest} not found")
     items: dict[str, tuple[str, list[str]]] = {}
-    with manifest.open(encoding="utf-8-sig") as lines, utf8_text(manifest):
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{manifest}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where}: invalid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("image"), str):
-                raise DataError(f"{where}: expected an object with an 'image' path string")
-            captions = captions_of(record)
-            if captions is None:
-                raise DataError(f"{where}: 'captions' must be a non-empty list of strings")
-            path = str(image_dir / record["image"])
-            key = str(record.get("id", record["image"]))
-            if key in items and items[key][0] != path:
-                raise DataError(f"{where}: id {key!r} already names image {items[key][0]}")
-            items.setdefault(key, (path, []))[1].extend(captions)
-            if labels is not None:
-                labels.add(key, record, where)
+    for where, record in json_lines(manifest):
+        if not isinstance(record.get("image"), str):
+            raise DataError(f"{where}: expected an object with an 'image' path string")
+        captions = captions_of(record)
+        if captions is None:
+            raise DataError(f"{where}: 'captions' must be a non-empty list of strings")
+        path = str(image_dir / record["image"])
+        key = str(record.get("id", record["image"]))
+        if key in items and items[key][0] != path:
+            raise DataError(f"{where}: id {key!r} already names image {items[key][0]}")
+        items.setdefault(key, (path, []))[1].extend(captions)
+        if labels is not None:
+            labels.add(key, record, where)
     if not items:
         raise DataError(f"{manifest}: no entries")
     return FileCaptions(

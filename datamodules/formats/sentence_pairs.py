@@ -17,11 +17,11 @@ Malformed lines are one-line :class:`DataError` s naming ``file:line``.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from datamodules.errors import DataError, DataFileMissing, utf8_text
+from datamodules.formats.jsonl import json_lines
 
 #: Header names of (sentence 1, sentence 2, score) in the STS TSVs that have a header.
 STS_HEADERS = (
@@ -85,16 +85,7 @@ def read_nli_jsonl(path: str | Path) -> list[tuple[str, str, str]]:
     give none)."""
     path = Path(path)
     hypotheses: dict[str, dict[str, list[str]]] = {}
-    for number, line in enumerate(_lines(path), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where}: not a JSON object ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: not a JSON object")
+    for where, row in json_lines(path):
         missing = [k for k in ("sentence1", "sentence2", "gold_label") if k not in row]
         if missing:
             raise DataError(f"{where}: missing field(s) {missing} (SNLI/MNLI JSONL)")
