@@ -38,6 +38,7 @@ HEADLINE = (
     "/mrv",
     "/MAE",
     "/spearman",
+    "/f1",
 )
 SUMMARY = "Summary/"
 UNITS = (

@@ -112,6 +112,7 @@ METHODS = Registry(
         "modules.sepclr",
         "modules.cpl",
         "modules.simcse",
+        "modules.prokd",
     ],
 )
 TOWERS = Registry(
@@ -145,5 +146,6 @@ DATAMODULES = Registry(
         "datamodules.shapes_domains",
         "datamodules.shapes_generators",
         "datamodules.sentences",
+        "datamodules.tagged_captions",
     ],
 )

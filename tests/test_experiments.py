@@ -40,6 +40,7 @@ FAMILY_METRICS = {
         "test/open_world/source/novel/accuracy",
     ],
     "sentences": ["test/sts/spearman"],
+    "tagged_captions": ["test/token_f1/target/f1", "test/token_f1/source/f1"],
 }
 #: Families whose two encoders are not a retrieval pair (a query and its clip: grounding).
 UNPAIRED = {"timed_events"}
