@@ -39,6 +39,8 @@ HEADLINE = (
     "/MAE",
     "/spearman",
     "/f1",
+    "/pk",
+    "/windowdiff",
 )
 SUMMARY = "Summary/"
 UNITS = (

@@ -113,6 +113,7 @@ METHODS = Registry(
         "modules.cpl",
         "modules.simcse",
         "modules.prokd",
+        "modules.topic_segmentation",
     ],
 )
 TOWERS = Registry(
@@ -147,5 +148,6 @@ DATAMODULES = Registry(
         "datamodules.shapes_generators",
         "datamodules.sentences",
         "datamodules.tagged_captions",
+        "datamodules.segmented_documents",
     ],
 )

@@ -35,6 +35,7 @@ FAMILY_METRICS = {
     "video_domains": ["test/classifier/video/action/accuracy"],
     "shapes_salient": ["test/linear_probe/color/accuracy", "test/knn/group/accuracy"],
     "shapes_domains": ["test/classifier/image/shape/accuracy"],
+    "segmented_documents": ["test/segmentation/pk", "test/segmentation/windowdiff"],
     "shapes_generators": [
         "test/open_world/source/known/accuracy",
         "test/open_world/source/novel/accuracy",
