@@ -8,12 +8,16 @@ feeds each sentence twice (``text@0``, ``text@1``; the tower's dropout makes the
 view becomes the hard negatives. Cosine similarity at a fixed temperature 0.05
 (``model.temperature``, ``model.learnable_temperature: false``).
 
-Pooling and head, as the official code's defaults: the tower's sentence vector (``[CLS]`` of
-the from-scratch transformer, the mean of MiniLM's tokens) goes through an MLP (``Linear ->
-Tanh``, BERT's pooler) for the loss; unsupervised SimCSE evaluates the vector *before* that MLP
-(``--mlp_only_train``), which is ``embedding`` here, what every evaluator reads;
-``mlp_only_train: false`` (the supervised setting) evaluates after it. The dropout rate is the
-tower's (``model.text.dropout``; the paper keeps BERT's 0.1, MiniLM's own config has 0.1).
+Pooling and head, as the official code's ``cls`` pooler: the tower's sentence vector goes
+through an MLP (``Linear -> Tanh``, BERT's pooler) for the loss; unsupervised SimCSE evaluates
+the vector *before* that MLP (``--mlp_only_train``), supervised SimCSE after it. That is
+``mlp_only_train``, which by default follows the data (two views: true; NLI triples,
+``data.train=nli``: false); ``embedding`` is what every evaluator reads. Departures: the tower's
+sentence vector is its projected output (``[CLS]`` of the from-scratch transformer, or MiniLM's
+mean-pooled tokens, projected to ``model.embed_dim``; for MiniLM that projection is new, so the
+evaluated vector is not MiniLM's own), and the MLP is kept with MiniLM's mean pooling, where the
+official code's ``avg`` pooler has none. Dropout: the from-scratch tower's
+``model.text.dropout`` (the paper keeps BERT's 0.1); MiniLM's is its config's 0.1.
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ from modules.towers.output import TowerOutput
 @dataclass
 class SimCSEConfig(MethodConfig):
     """``mlp_only_train``: the MLP serves only the loss (unsupervised SimCSE) or also the
-    evaluated embedding; ``hard_negative_weight``: added to each anchor's logit of its own
-    hard negative (supervised; the paper's default 0)."""
+    evaluated embedding (supervised); None: true with two views (``data.train=unsupervised``
+    or ``paraphrase``), false with NLI triples; ``hard_negative_weight``: added to each
+    anchor's logit of its own hard negative (supervised; the paper's default 0)."""
 
     name: str = "simcse"
-    mlp_only_train: bool = True
+    mlp_only_train: bool | None = None
     hard_negative_weight: float = 0.0
     loss_weights: dict[str, float] = field(default_factory=lambda: {"simcse": 1.0})
 
@@ -63,10 +68,14 @@ class SimCSE(AlignmentModule):
             )
         width = self.hparams["model"]["embed_dim"]
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.Tanh())
+        only_train = self.method_cfg.mlp_only_train
+        #: Whether evaluation reads the vector before the MLP: unsupervised SimCSE's convention
+        #: for two views, supervised SimCSE's (after it) for NLI triples, unless set.
+        self.mlp_only_train = self.num_views == 2 if only_train is None else only_train
 
     def embedding(self, name: str, output: TowerOutput) -> Tensor:
-        """The tower's sentence vector, or after the MLP with ``mlp_only_train: false``."""
-        return output.pooled if self.method_cfg.mlp_only_train else self.mlp(output.pooled)
+        """The tower's sentence vector, or after the MLP unless ``mlp_only_train``."""
+        return output.pooled if self.mlp_only_train else self.mlp(output.pooled)
 
     def _projected(self, outputs: dict[str, TowerOutput], v: int) -> Tensor:
         pooled = outputs[view_name(self.modalities[0], v)].pooled

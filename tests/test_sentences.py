@@ -103,13 +103,38 @@ def test_sts_readers(tmp_path):
         encoding="utf-8",
     )
     assert read_sts_tsv(glue) == [("A b.", "C d.", 3.2)]
-    sick = tmp_path / "SICK.txt"
+    sick = tmp_path / "SICK_test_annotated.txt"
     sick.write_text(
         "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n"
         "1\tA dog runs.\tA dog is running.\t4.5\tENTAILMENT\n",
         encoding="utf-8",
     )
     assert read_sts_tsv(sick) == [("A dog runs.", "A dog is running.", 4.5)]
+
+
+def test_sick_release_is_split_by_its_semeval_set(tmp_path):
+    """SICK.txt holds train, trial and test in one file: each split reads its own rows."""
+    header = (
+        "pair_ID\tsentence_A\tsentence_B\tentailment_label\trelatedness_score\t"
+        "entailment_AB\tentailment_BA\tsentence_A_original\tsentence_B_original\t"
+        "sentence_A_dataset\tsentence_B_dataset\tSemEval_set\n"
+    )
+    rows = [
+        f"{k}\tA{k}.\tB{k}.\tNEUTRAL\t{k}.0\tA_neutral_B\tB_neutral_A\ta\tb\tFLICKR\tFLICKR\t{s}\n"
+        for k, s in enumerate(["TRAIN", "TRIAL", "TEST", "TEST"], start=1)
+    ]
+    path = tmp_path / "SICK.txt"
+    path.write_text(header + "".join(rows), encoding="utf-8")
+    assert read_sts_tsv(path, "train") == [("A1.", "B1.", 1.0)]
+    assert read_sts_tsv(path, "val") == [("A2.", "B2.", 2.0)]
+    assert read_sts_tsv(path, "test") == [("A3.", "B3.", 3.0), ("A4.", "B4.", 4.0)]
+
+
+def test_a_glue_test_file_without_scores_is_refused(tmp_path):
+    path = tmp_path / "test.tsv"
+    path.write_text("index\tsentence1\tsentence2\n0\tA.\tB.\n", encoding="utf-8")
+    with pytest.raises(DataError, match="no score column"):
+        read_sts_tsv(path)
 
 
 @pytest.mark.parametrize(
@@ -141,6 +166,10 @@ def test_nli_reader_builds_simcse_triples(tmp_path):
     path = tmp_path / "snli.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
     assert read_nli_jsonl(path) == [("P1", "E1", "C1"), ("P3", "E3", "C3")]
+    # every entailment of a premise with a contradiction makes a triple, contradictions in turn
+    more = rows[:3] + [{"sentence1": "P1", "sentence2": "E1b", "gold_label": "entailment"}]
+    path.write_text("\n".join(json.dumps(r) for r in more), encoding="utf-8")
+    assert read_nli_jsonl(path) == [("P1", "E1", "C1"), ("P1", "E1b", "C1")]
     path.write_text(json.dumps(rows[0]) + "\n{not json\n", encoding="utf-8")
     with pytest.raises(DataError, match=f"{path}:2: invalid JSON"):
         read_nli_jsonl(path)

@@ -104,7 +104,7 @@ class SentenceFiles(Source[SentenceSplit]):
 
     def _split(self, split: str) -> SentenceSplit:
         if split != "train":
-            pairs = read_sts_tsv(self._path(getattr(self.cfg, f"{split}_file")))
+            pairs = read_sts_tsv(self._path(getattr(self.cfg, f"{split}_file")), split)
             texts = {"sentence1": [p[0] for p in pairs], "sentence2": [p[1] for p in pairs]}
             score = np.array([p[2] for p in pairs], dtype=np.float32)
             return SentenceSplit(texts, np.arange(len(pairs), dtype=np.int64), score=score)

@@ -10,8 +10,10 @@ One direction, anchor -> positives, as the official code (``cl_forward``) comput
 ``hard_negative_weight`` (default 0) is added to each row's logit of its own hard negative.
 
 Under DDP every rank scores its local anchors against the gathered positives (and hard
-negatives), the project's convention (modules/losses/contrastive.py), which the official code's
-all-gather of ``z1``/``z2``/``z3`` computes as well.
+negatives), the project's convention (modules/losses/contrastive.py): the mean of the ranks'
+losses and the DDP-averaged gradient are the one-process ones. The official code's all-gather
+of ``z1``/``z2``/``z3`` gives the same loss value, but its gradient is 1/W of that (each rank's
+global loss reaches only its own rows, then DDP averages over W ranks).
 """
 
 from __future__ import annotations
