@@ -22,11 +22,13 @@ import callbacks.mask_grounding  # noqa: F401  (registers mask_grounding)
 import callbacks.modality_zero_shot  # noqa: F401  (registers modality_zero_shot)
 import callbacks.open_world  # noqa: F401  (registers open_world)
 import callbacks.segmentation  # noqa: F401  (registers segmentation)
+import callbacks.semantic_shift  # noqa: F401  (registers semantic_shift)
 import callbacks.spaces  # noqa: F401  (registers space_probe)
 import callbacks.token_f1  # noqa: F401  (registers token_f1)
 import callbacks.transcript  # noqa: F401  (registers wer)
 import callbacks.uniformity_tolerance  # noqa: F401  (registers uniformity_tolerance)
 import callbacks.volume_retrieval  # noqa: F401  (registers volume_retrieval)
+import callbacks.word_translation  # noqa: F401  (registers word_translation)
 from callbacks.evaluators import EVALUATORS, Evaluator, chosen_evaluators
 
 

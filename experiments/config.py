@@ -41,7 +41,7 @@ class ConfigError(ValueError):
     """A configuration problem, reported as one line naming the key path."""
 
 
-MODALITIES = ("image", "text", "video", "audio", "depth")
+MODALITIES = ("image", "text", "video", "audio", "depth", "corpus_a", "corpus_b")
 
 
 @dataclass
@@ -57,6 +57,9 @@ class ModelConfig:
     video: Any = field(default_factory=lambda: {"name": "frames"})
     audio: Any = field(default_factory=lambda: {"name": "audio_cnn"})
     depth: Any = field(default_factory=lambda: {"name": "depth_cnn"})
+    # word-embedding tables, one per corpus (datamodules/word_corpora.py)
+    corpus_a: Any = field(default_factory=lambda: {"name": "word_table", "key": "corpus_a"})
+    corpus_b: Any = field(default_factory=lambda: {"name": "word_table", "key": "corpus_b"})
     temperature: float = 0.07
     learnable_temperature: bool = True
     max_logit_scale: float = 100.0
@@ -371,7 +374,11 @@ def article(word: str) -> str:
 def _tower(raw: Any, modality: str) -> DictConfig:
     """A ``model.<modality>`` block: its name must be a tower of that modality."""
     name = raw.get("name") if isinstance(raw, dict) else None
-    fitting = [n for n in TOWERS.names() if TOWERS.get(n).cls.modality == modality]
+    fitting = [
+        n
+        for n in TOWERS.names()
+        if modality in getattr(TOWERS.get(n).cls, "modalities", (TOWERS.get(n).cls.modality,))
+    ]
     if name is not None and name not in fitting:
         known = f"{modality} towers: {', '.join(fitting)}"
         if name not in TOWERS.names():

@@ -41,6 +41,8 @@ HEADLINE = (
     "/f1",
     "/pk",
     "/windowdiff",
+    "/P1",
+    "/average_precision",
 )
 SUMMARY = "Summary/"
 UNITS = (

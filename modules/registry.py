@@ -114,6 +114,9 @@ METHODS = Registry(
         "modules.simcse",
         "modules.prokd",
         "modules.topic_segmentation",
+        "modules.word2vec",
+        "modules.word_alignment",
+        "modules.cade",
     ],
 )
 TOWERS = Registry(
@@ -126,6 +129,7 @@ TOWERS = Registry(
         "modules.towers.audio",
         "modules.towers.depth",
         "modules.towers.audio_frames",
+        "modules.towers.words",
     ],
 )
 DATAMODULES = Registry(
@@ -149,5 +153,6 @@ DATAMODULES = Registry(
         "datamodules.sentences",
         "datamodules.tagged_captions",
         "datamodules.segmented_documents",
+        "datamodules.word_corpora",
     ],
 )

@@ -27,6 +27,7 @@ class TowerContext:
     audio_frames: int = 100
     vocab_size: int = 0
     max_text_len: int = 32
+    num_words: int = 0  # word-embedding tables: the data's word vocabulary (word_corpora)
 
 
 def build_tower(cfg: Any, embed_dim: int, context: TowerContext) -> nn.Module:
