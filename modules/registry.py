@@ -117,6 +117,8 @@ METHODS = Registry(
         "modules.word2vec",
         "modules.word_alignment",
         "modules.cade",
+        "modules.whitened_cse",
+        "modules.debcse",
     ],
 )
 TOWERS = Registry(
