@@ -2,11 +2,12 @@
 reports the same test metrics; so do two ``torchrun`` processes that back-propagate the batch
 in micro-batches (gradient caching).
 
-Each run is ``experiments/run.py`` in a subprocess: Lightning's ``ddp`` strategy re-launches
-the script it runs, which must not be pytest (see ENVIRONMENT.md). ``data.batch_size`` is the
-global batch, so only trainer keys change between the runs. The data is deterministic
-(``train_pairs: caption``, no augmentation): random augmentation is drawn per rank and agrees
-only in distribution.
+Each two-process run is ``experiments/run.py`` in a subprocess: Lightning's ``ddp`` strategy
+re-launches the script it runs, which must not be pytest (see ENVIRONMENT.md). The one-process
+run is run.py's ``main()`` in the test's process, on one thread like the subprocesses.
+``data.batch_size`` is the global batch, so only trainer keys change between the runs. The data
+is deterministic (``train_pairs: caption``, no augmentation): random augmentation is drawn per
+rank and agrees only in distribution.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+
+from tests.test_resume import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -68,8 +71,12 @@ def runs(tmp_path_factory) -> dict[str, Path]:
             f"logger.tracking_uri=sqlite:///{root / 'mlflow.db'}",
             f"logger.experiment_name=ddp-{name}",
         ]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-        assert done.returncode == 0, f"{name} failed:\n{done.stderr[-3000:]}"
+        if name == "single":  # one process: run.py's main() here, on one thread like the others
+            code, err = run_main(command)
+            assert code == 0, f"{name} failed:\n{err[-3000:]}"
+        else:  # Lightning's ddp re-launches the script it runs, so not from pytest
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+            assert done.returncode == 0, f"{name} failed:\n{done.stderr[-3000:]}"
         out[name] = root / name
     out["store"] = root / "mlflow.db"
     return out

@@ -89,14 +89,36 @@ class Server:
         return (self.store / "server.log").read_text()
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    running = Server(tmp_path / "server", free_port())
-    running.start()
+@dataclass
+class Outage:
+    """The server of the three outage tests, killed after each of them opened its run on it:
+    one start and one kill for all three (a start costs ~12 s) instead of one each."""
+
+    server: Server
+    unlogged: tuple[Tracker, str]  # "killed": its calls are written to a JSON file
+    fallback: tuple[Tracker, str]  # "killed", with fallback_to_local
+    comes_back: tuple[Tracker, str, MLFlowLogger]  # "comes-back" and its Lightning logger
+
+
+@pytest.fixture(scope="module")
+def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outage]:
+    server = Server(tmp_path_factory.mktemp("outage") / "server", free_port())
+    server.start()
     try:
-        yield running
+        tracker = Tracker(server.uri, "faults")
+        unlogged = tracker.start_run("killed", {"alignlab.method": "clip"})
+        tracker.log_metrics(unlogged, {"loss": -1.0}, step=0)
+        fallback = Tracker(server.uri, "faults", fallback_to_local=True)
+        fallback_run = fallback.start_run("killed", {"alignlab.method": "clip"})
+        back = Tracker(server.uri, "faults")
+        back_run = back.start_run("comes-back", {})
+        logger = back.logger(back_run)
+        server.kill()
+        yield Outage(
+            server, (tracker, unlogged), (fallback, fallback_run), (back, back_run, logger)
+        )
     finally:
-        running.kill()
+        server.kill()
 
 
 @pytest.fixture
@@ -125,11 +147,9 @@ def timed_metrics(tracker: Tracker, run_id: str, count: int) -> list[float]:
     return seconds
 
 
-def test_killed_server_never_blocks_and_flush_writes_what_it_missed(server, local_store, caplog):
-    tracker = Tracker(server.uri, "faults")
-    run_id = tracker.start_run("killed", {"alignlab.method": "clip"})
-    tracker.log_metrics(run_id, {"loss": -1.0}, step=0)
-    server.kill()
+def test_killed_server_never_blocks_and_flush_writes_what_it_missed(outage, local_store, caplog):
+    server = outage.server
+    tracker, run_id = outage.unlogged  # logged loss -1 at step 0, then the server was killed
     with caplog.at_level(logging.WARNING, logger="alignlab"):
         seconds = timed_metrics(tracker, run_id, 50)
         tracker.finish(run_id, True)
@@ -155,10 +175,8 @@ def test_killed_server_never_blocks_and_flush_writes_what_it_missed(server, loca
     assert len(json.loads(path.read_text())["calls"]) == 51
 
 
-def test_killed_server_with_fallback_logs_to_the_local_store(server, local_store, caplog):
-    tracker = Tracker(server.uri, "faults", fallback_to_local=True)
-    run_id = tracker.start_run("killed", {"alignlab.method": "clip"})
-    server.kill()
+def test_killed_server_with_fallback_logs_to_the_local_store(outage, local_store, caplog):
+    tracker, run_id = outage.fallback  # started the run, then the server was killed
     with caplog.at_level(logging.WARNING, logger="alignlab"):
         timed_metrics(tracker, run_id, 10)
         later = tracker.start_run("started-while-down", {"alignlab.method": "clip"}, run_id)
@@ -186,12 +204,10 @@ def test_killed_server_with_fallback_logs_to_the_local_store(server, local_store
     assert not list(local_store.glob("mlflow-unlogged-*.json"))
 
 
-def test_server_back_gets_the_kept_calls_in_order(server, local_store, caplog, monkeypatch):
+def test_server_back_gets_the_kept_calls_in_order(outage, local_store, caplog, monkeypatch):
     monkeypatch.setattr(tracking, "COOL_DOWN", 1.0)
-    tracker = Tracker(server.uri, "faults")
-    run_id = tracker.start_run("comes-back", {})
-    logger = tracker.logger(run_id)
-    server.kill()
+    server = outage.server
+    tracker, run_id, logger = outage.comes_back  # started the run, then the server was killed
     with caplog.at_level(logging.INFO, logger="alignlab"):
         for step in range(20):
             logger.log_metrics({"loss": step + 0.123456789}, step=step)
@@ -199,25 +215,30 @@ def test_server_back_gets_the_kept_calls_in_order(server, local_store, caplog, m
         child = tracker.start_run("child", {}, run_id)
         tracker.log_metrics(child, {"acc": 1.0})
         server.start()  # same port, same store
-        time.sleep(1.1)  # past the cool-down: the next call tries the server again
-        logger.log_metrics({"loss": 20.0}, step=20)
-    assert len(warnings_of(caplog)) == 1
-    assert f"MLflow at {server.uri} answers again: sent 23 kept calls" in caplog.text
+    try:  # killed again at the end: the other outage tests expect it down, whatever the order
+        with caplog.at_level(logging.INFO, logger="alignlab"):
+            time.sleep(1.1)  # past the cool-down: the next call tries the server again
+            logger.log_metrics({"loss": 20.0}, step=20)
+        assert len(warnings_of(caplog)) == 1
+        assert f"MLflow at {server.uri} answers again: sent 23 kept calls" in caplog.text
 
-    client = MlflowClient(server.uri)
-    history = client.get_metric_history(run_id, "loss")
-    assert [(m.step, m.value) for m in history] == [
-        (step, rounded(step + 0.123456789)) for step in range(20)
-    ] + [(20, 20.0)]
-    assert [m.timestamp for m in history] == sorted(m.timestamp for m in history)
-    assert any(a.path.startswith("images") for a in client.list_artifacts(run_id))
-    (nested,) = client.search_runs(
-        [tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'"
-    )
-    assert nested.info.run_name == "child" and nested.data.metrics == {"acc": 1.0}
-    assert tracker.run_url(child) == ui_link(server.uri, tracker.experiment_id, nested.info.run_id)
-    assert child.startswith("offline-") and tracker.resolved(child) == nested.info.run_id
-    assert tracker.run_url(run_id).endswith("?workflowType=machine_learning")
+        client = MlflowClient(server.uri)
+        history = client.get_metric_history(run_id, "loss")
+        assert [(m.step, m.value) for m in history] == [
+            (step, rounded(step + 0.123456789)) for step in range(20)
+        ] + [(20, 20.0)]
+        assert [m.timestamp for m in history] == sorted(m.timestamp for m in history)
+        assert any(a.path.startswith("images") for a in client.list_artifacts(run_id))
+        (nested,) = client.search_runs(
+            [tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'"
+        )
+        assert nested.info.run_name == "child" and nested.data.metrics == {"acc": 1.0}
+        link = ui_link(server.uri, tracker.experiment_id, nested.info.run_id)
+        assert tracker.run_url(child) == link
+        assert child.startswith("offline-") and tracker.resolved(child) == nested.info.run_id
+        assert tracker.run_url(run_id).endswith("?workflowType=machine_learning")
+    finally:
+        server.kill()
     assert "Traceback" not in server.log()
 
 

@@ -24,7 +24,6 @@ import torch
 import torch.distributed as dist
 
 from experiments.config import load_experiment
-from experiments.stages import build
 from modules.base import AlignmentModule, module_from_checkpoint
 from modules.grad_cache import cached_backward
 from modules.registry import METHODS
@@ -61,6 +60,10 @@ def _state(module: AlignmentModule) -> dict:
 
 def prepared(method: str) -> tuple[dict, dict]:
     """(checkpoint of an untrained module, one training batch) for ``method``, float64."""
+    # imported here, not at the top: the spawned workers import this module, and need none of
+    # what experiments.stages brings (MLflow, the callbacks, the datamodules: seconds each)
+    from experiments.stages import build
+
     path, prefix = yaml_of(method)
     cls = METHODS.get(method).cls
     extra = [
