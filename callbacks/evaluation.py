@@ -16,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 import callbacks.continual  # noqa: F401  (registers continual)
+import callbacks.domain_retrieval  # noqa: F401  (registers domain_retrieval)
 import callbacks.effective_rank  # noqa: F401  (registers effective_rank)
 import callbacks.grounding  # noqa: F401  (registers grounding)
 import callbacks.mask_grounding  # noqa: F401  (registers mask_grounding)

@@ -28,6 +28,7 @@ import modules.env  # noqa: F401  (first: environment for lightning's imports)
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -43,7 +44,8 @@ class SentencesDataConfig(SourceDataConfig):
     """``train``: the training samples (module docstring); ``train_file``, ``val_file``,
     ``test_file``: the files of ``format: files``; ``paraphrase_score``: the gold score from
     which an evaluation pair counts as a paraphrase (``label/paraphrase``; 5 on the built-in
-    data, where 5 means the same meaning, and on STS-B's 0-5 scale)."""
+    data, where 5 means the same meaning, and on STS-B's 0-5 scale); ``shots``: train on the
+    first ``shots`` samples of each ``label/<shots_label>`` class only (few-shot)."""
 
     family: ClassVar[str] = "sentences"
 
@@ -55,8 +57,14 @@ class SentencesDataConfig(SourceDataConfig):
     val_file: str | None = None
     test_file: str | None = None
     paraphrase_score: float = 5.0
+    # few-shot training: only the first ``shots`` training samples of each class of
+    # ``label/<shots_label>`` (None: every sample)
+    shots: int | None = None
+    shots_label: str = "domain"
 
     def __post_init__(self) -> None:
+        if self.shots is not None and self.shots < 1:
+            raise ValueError(f"data.shots must be at least 1, got {self.shots}")
         if self.train not in TRAIN_COLUMNS:
             raise ValueError(f"data.train must be one of {list(TRAIN_COLUMNS)}, got {self.train!r}")
         if self.max_text_len < 3:
@@ -94,6 +102,23 @@ class SentenceDataset(Dataset):
         for task, ids in split.labels.items():
             sample[f"label/{task}"] = int(ids[i])
         return sample
+
+
+def first_per_class(split: SentenceSplit, task: str, shots: int) -> SentenceSplit:
+    """The rows of ``split`` that are among the first ``shots`` of their ``task`` class, in
+    their order (few-shot training: ``data.shots``)."""
+    if task not in split.labels:
+        raise ValueError(
+            f"data.shots: the training data has no label {task!r} (labels: {sorted(split.labels)})"
+        )
+    labels = split.labels[task]
+    rows = np.sort(np.concatenate([np.flatnonzero(labels == c)[:shots] for c in np.unique(labels)]))
+    return SentenceSplit(
+        texts={column: [texts[i] for i in rows] for column, texts in split.texts.items()},
+        item_id=split.item_id[rows],
+        labels={name: ids[rows] for name, ids in split.labels.items()},
+        score=None if split.score is None else split.score[rows],
+    )
 
 
 @DATAMODULES.register("sentences", SentencesDataConfig)
@@ -140,6 +165,8 @@ class SentencesDataModule(SplitsDataModule):
 
     def _dataset(self, split: str) -> SentenceDataset:
         data = self.source.split(split)
+        if split == "train" and self.cfg.shots is not None:
+            data = first_per_class(data, self.cfg.shots_label, self.cfg.shots)
         columns = TRAIN_COLUMNS[self.cfg.train] if split == "train" else None
         return SentenceDataset(data, columns, self.cfg.paraphrase_score)
 

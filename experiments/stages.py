@@ -344,7 +344,8 @@ def build(
 
 def data_context(datamodule: L.LightningDataModule) -> dict:
     """What a method is told about the data at construction (saved with its checkpoint): its
-    encoders, training views, class labels and their names, and the towers' input facts."""
+    encoders, training views, class labels, their names and descriptions (where the data has
+    them), and the towers' input facts."""
     names = dict(getattr(datamodule, "class_names", None) or {})
     labels = dict(getattr(datamodule, "labels", None) or {})
     return {
@@ -352,6 +353,10 @@ def data_context(datamodule: L.LightningDataModule) -> dict:
         "views": dict(getattr(datamodule, "views", None) or {}),
         "labels": labels or {task: len(values) for task, values in names.items()},
         "class_names": {task: list(values) for task, values in names.items()},
+        "label_descriptions": {
+            task: list(texts)
+            for task, texts in (getattr(datamodule, "label_descriptions", None) or {}).items()
+        },
         **datamodule.tower_context(),
     }
 

@@ -189,8 +189,9 @@ class AlignmentModule(L.LightningModule):
         """``tokenizer``: the text encoder's tokenizer state (``tokenizer.state()``; None
         without a text encoder); ``context``:
         ``modalities`` (the data's encoders, in order), ``views`` (modality -> views per
-        training sample), ``labels`` (task -> classes), ``class_names`` (task -> names) and
-        the input facts of :class:`~modules.towers.TowerContext`."""
+        training sample), ``labels`` (task -> classes), ``class_names`` (task -> names),
+        ``label_descriptions`` (task -> a description per class, optional) and the input
+        facts of :class:`~modules.towers.TowerContext`."""
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.method_cfg = as_dataclass(METHODS.get(method["name"]).config, method)
@@ -214,10 +215,14 @@ class AlignmentModule(L.LightningModule):
         #: The data's class labels (task -> number of classes) and their names.
         self.labels: dict[str, int] = dict(context.get("labels") or {})
         self.class_names: dict[str, list[str]] = dict(context.get("class_names") or {})
+        #: A sentence describing each class (task -> texts, label-id order), where the data has one.
+        self.label_descriptions: dict[str, list[str]] = dict(
+            context.get("label_descriptions") or {}
+        )
         facts = {
             k: v
             for k, v in context.items()
-            if k not in ("modalities", "views", "labels", "class_names")
+            if k not in ("modalities", "views", "labels", "class_names", "label_descriptions")
         }
         max_text_len = facts.get("max_text_len", TowerContext.max_text_len)
         #: The text encoder's tokenizer (None without one), rebuilt from its saved state.

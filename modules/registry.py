@@ -119,6 +119,8 @@ METHODS = Registry(
         "modules.cade",
         "modules.whitened_cse",
         "modules.debcse",
+        "modules.moe_embeddings",
+        "modules.input_label_contrast",
     ],
 )
 TOWERS = Registry(
