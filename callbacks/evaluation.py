@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 import callbacks.continual  # noqa: F401  (registers continual)
 import callbacks.domain_retrieval  # noqa: F401  (registers domain_retrieval)
 import callbacks.effective_rank  # noqa: F401  (registers effective_rank)
+import callbacks.generation  # noqa: F401  (registers generation)
 import callbacks.grounding  # noqa: F401  (registers grounding)
 import callbacks.mask_grounding  # noqa: F401  (registers mask_grounding)
 import callbacks.modality_zero_shot  # noqa: F401  (registers modality_zero_shot)

@@ -43,6 +43,8 @@ HEADLINE = (
     "/windowdiff",
     "/P1",
     "/average_precision",
+    "/diversity",
+    "/coherence",
 )
 SUMMARY = "Summary/"
 UNITS = (

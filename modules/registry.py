@@ -121,6 +121,7 @@ METHODS = Registry(
         "modules.debcse",
         "modules.moe_embeddings",
         "modules.input_label_contrast",
+        "modules.causal_lm",
     ],
 )
 TOWERS = Registry(
@@ -128,6 +129,7 @@ TOWERS = Registry(
     [
         "modules.towers.image",
         "modules.towers.text",
+        "modules.towers.causal_text",
         "modules.towers.minilm",
         "modules.towers.video",
         "modules.towers.audio",
@@ -158,5 +160,6 @@ DATAMODULES = Registry(
         "datamodules.tagged_captions",
         "datamodules.segmented_documents",
         "datamodules.word_corpora",
+        "datamodules.text_corpus",
     ],
 )

@@ -36,6 +36,7 @@ FAMILY_METRICS = {
     "shapes_salient": ["test/linear_probe/color/accuracy", "test/knn/group/accuracy"],
     "shapes_domains": ["test/classifier/image/shape/accuracy"],
     "segmented_documents": ["test/segmentation/pk", "test/segmentation/windowdiff"],
+    "text_corpus": ["test/generation/contrastive/rep2", "test/generation/isotropy"],
     "shapes_generators": [
         "test/open_world/source/known/accuracy",
         "test/open_world/source/novel/accuracy",
@@ -101,6 +102,9 @@ TINY_EXTRA = {
     "coconut.yaml": ["data.num_train=96", "data.num_val=32", "data.num_test=32"],
     # the tiny corpora's seed dictionary holds fewer pairs than a batch of 16
     "si_en_alignment.yaml": ["stages.align.data.batch_size=4"],
+    # the bag-of-words coherence: loading the pretrained MiniLM would cost seconds here
+    # (tests/test_causal_lm.py checks the generation metrics themselves)
+    "contrastive_search.yaml": ["evaluation.options.generation.coherence=bow"],
     "structure.yaml": [
         "stages.structure.data.num_train=48",
         "stages.structure.trainer.max_epochs=1",
