@@ -122,6 +122,8 @@ METHODS = Registry(
         "modules.moe_embeddings",
         "modules.input_label_contrast",
         "modules.causal_lm",
+        "modules.dse",
+        "modules.defsent",
     ],
 )
 TOWERS = Registry(
@@ -161,5 +163,6 @@ DATAMODULES = Registry(
         "datamodules.segmented_documents",
         "datamodules.word_corpora",
         "datamodules.text_corpus",
+        "datamodules.definitions",
     ],
 )

@@ -46,6 +46,7 @@ FAMILY_METRICS = {
     # by data.mode: word_translation (languages) or semantic_shift (periods); the tiny corpora
     # may hold no test word (tests/test_word_evaluators.py checks the evaluators' keys)
     "word_corpora": [],
+    "definitions": ["test/sts/spearman"],
 }
 #: Families whose two encoders are not a retrieval pair (a query and its clip: grounding).
 UNPAIRED = {"timed_events", "word_corpora"}
