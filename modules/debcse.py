@@ -4,7 +4,7 @@ Learning in the Debiasing Perspective", CIKM 2023; methods/part1.md Sec. 23).
 SimCSE's supervised objective (Eq. 5 of SimCSE, modules/losses/simcse.py: an anchor, its
 positive, and every sentence's hard negative among the columns) on pairs mined *without labels*
 from the training sentences themselves, by inverse-propensity-weighted sampling
-(modules/losses/debcse.py):
+(modules/debcse_sampling.py):
 
 1. before training (``prepare_fit``) a frozen scorer embeds every training sentence: the model
    of an earlier stage (``features_from``, e.g. a SimCSE run) or, without one, this model's own
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from modules.base import AlignmentModule, FitContext, tower_input, view_name
-from modules.losses.debcse import (
+from modules.debcse_sampling import (
     bag_of_words,
     bin_index,
     draw_inverse_propensity,

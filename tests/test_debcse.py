@@ -1,7 +1,7 @@
 """DebCSE (modules/debcse.py): pairs mined before training from the scorer's neighbours and word
 overlap, drawn per sample and step by inverse propensity, encoded as the positive and hard
 negative views of SimCSE's supervised loss. The sampler's own tests are in
-tests/test_losses_debcse.py."""
+tests/test_debcse_sampling.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from modules.base import FitContext
 from modules.debcse import DebCSE
-from modules.losses.debcse import draw_inverse_propensity
+from modules.debcse_sampling import draw_inverse_propensity
 from modules.losses.simcse import simcse_loss
 from modules.simcse import SimCSE
 from modules.towers.tokenizer import WordTokenizer

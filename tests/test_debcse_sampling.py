@@ -1,4 +1,4 @@
-"""DebCSE's inverse-propensity-weighted pair sampling (modules/losses/debcse.py): word overlap
+"""DebCSE's inverse-propensity-weighted pair sampling (modules/debcse_sampling.py): word overlap
 and candidate mining against brute-force loops over Python sets, propensities against counting,
 and the sampler's frequencies against 1 / propensity (chi-squared)."""
 
@@ -8,7 +8,7 @@ import pytest
 import scipy.stats
 import torch
 
-from modules.losses.debcse import (
+from modules.debcse_sampling import (
     bag_of_words,
     draw_inverse_propensity,
     jaccard,
