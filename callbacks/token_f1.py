@@ -10,10 +10,17 @@ conlleval, so IOB1 files are read right). Precision, recall and F1 (percent) are
 the split's sentences (each counted once by ``index`` across DDP ranks) per language:
 ``token_f1/<language>/f1`` (``precision``, ``recall``), languages named by the data's
 ``language_names`` (``source``, ``target``).
+
+Words cut off by the tokenizer's ``max_text_len`` have no logits: when the batch carries every
+word's gold tag (``word_tags`` [B, W], datamodules/tagged_captions.py), the cut words are
+scored as predicted ``O``, so their gold entities count as missed and an entity cut in the
+middle as wrong, as conlleval would score a tagger that stops there; the number of
+sentences cut is logged once as a warning per evaluation.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -108,20 +115,33 @@ class TokenF1(Evaluator):
         self.names = list(datamodule.class_names["tags"])
         languages = getattr(datamodule, "language_names", ("source", "target"))
         self.metric = EntityF1(languages).to(self.device)
+        self.cut_sentences = 0  # sentences with words past max_text_len (this rank)
 
     def update(self, out: dict[str, Any], batch: dict[str, Any]) -> None:
         logits = out["outputs"].get(self.key)
         if logits is None or "tags" not in batch:
             return
         predicted_ids, tags = logits.argmax(-1).tolist(), batch["tags"].tolist()
+        full = batch["word_tags"].tolist() if "word_tags" in batch else [None] * len(tags)
         predicted, gold = [], []
-        for row_pred, row_gold in zip(predicted_ids, tags, strict=True):
+        for row_pred, row_gold, row_full in zip(predicted_ids, tags, full, strict=True):
             words = [i for i, tag in enumerate(row_gold) if tag >= 0]
             predicted.append([self.names[row_pred[i]] for i in words])
             gold.append([self.names[row_gold[i]] for i in words])
+            cut = [] if row_full is None else [t for t in row_full if t >= 0][len(words) :]
+            if cut:  # words past max_text_len: predicted O, their gold entities missed
+                self.cut_sentences += 1
+                predicted[-1] += ["O"] * len(cut)
+                gold[-1] += [self.names[t] for t in cut]
         self.metric.update(predicted, gold, out["labels"]["language"], out["index"])
 
     def compute(self) -> dict[str, Tensor]:
         if not self.metric.update_count:
             return {}
+        if self.cut_sentences:
+            warnings.warn(
+                f"token_f1: {self.cut_sentences} sentence(s) longer than data.max_text_len "
+                "tokens; their cut words count as predicted O (raise data.max_text_len)",
+                stacklevel=2,
+            )
         return {f"token_f1/{k}": v for k, v in self.metric.compute().items()}

@@ -7,10 +7,13 @@ One modality, ``text``. Batches: ``text_ids`` / ``text_mask`` [B, L] (the word-l
 ids, ``<cls>`` first), ``tags`` long [B, L] aligned to those tokens (the word's tag id on the
 first token of each word; -2 there for every target word of the training split, whose tags are
 hidden; -1 on ``<cls>``, padding, a word's further tokens and words cut off by
-``max_text_len``), ``label/language`` long [B] (0: source, 1: target), ``index`` / ``item_id``
-(the sentence). Training batches draw from the source and target training sentences together
-(``language`` tells them apart); validation and test hold both languages, labelled. The tag
-names (``class_names["tags"]``) tell a method how many classes to predict.
+``max_text_len``), ``word_tags`` long [B, W] (every word's tag, the words cut off by
+``max_text_len`` included, -1 after the sentence's last word: the entity F1 counts the gold
+entities of cut words as missed), ``label/language`` long [B] (0: source, 1: target),
+``index`` / ``item_id`` (the sentence). Training batches draw from the source and target
+training sentences together (``language`` tells them apart); validation and test hold both
+languages, labelled. The tag names (``class_names["tags"]``) tell a method how many classes to
+predict.
 
 Tags are aligned by the tokenizer's own splitting rule (``modules.words.split_words``): a CoNLL
 token such as ``U.S.`` is several word-level tokens, and only its first carries the tag (the
@@ -95,6 +98,14 @@ def align_tags(
     return out
 
 
+def word_tags(tags: list[list[int]]) -> torch.Tensor:
+    """Every word's tag id [B, W] (W the longest sentence), -1 after a sentence's end."""
+    out = torch.full((len(tags), max((len(t) for t in tags), default=0)), NO_TAG)
+    for b, sentence_tags in enumerate(tags):
+        out[b, : len(sentence_tags)] = torch.tensor(sentence_tags, dtype=torch.long)
+    return out
+
+
 class TaggedCollate(TokenizeCollate):
     """Words joined into ``text`` and tokenized; ``tags`` aligned to the tokens."""
 
@@ -110,6 +121,7 @@ class TaggedCollate(TokenizeCollate):
         ]
         batch = super().__call__(rest)
         batch["tags"] = align_tags(words, tags, batch["text_ids"].shape)
+        batch["word_tags"] = word_tags(tags)
         return batch
 
 

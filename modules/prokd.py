@@ -12,16 +12,27 @@ A token tagger (text tower tokens -> linear head over the BIO tags) is trained i
 2. **student** (``method.stage: student``; ``teacher_from`` and ``features_from`` the teacher):
    a fresh tagger trained on the unlabelled target text only, by knowledge distillation from
    the frozen teacher (L_KD, MSE between probabilities, as in TSL, Wu et al. 2020) plus
-   **prototypical self-training** (L_PST): target class prototypes ``eta_k`` (a momentum bank
-   of the target words' features grouped by the teacher's pseudo-labels), weights
-   ``w_ik = softmax_k(-||h_i - eta_k|| / tau_d)`` and the retraining labels
-   ``argmax_k w_ik p^T_ik``: the teacher's labels corrected by the target language's own
-   cluster structure.
+   **prototypical self-training** (L_PST) as ProDA does it (Zhang et al., CVPR 2021, whose
+   prototype rectification the paper's PST follows): an EMA (momentum) copy of the student's
+   tower, ``theta' <- m theta' + (1 - m) theta`` updated each training step, gives the
+   features ``h'_i`` of the target words; the target class prototypes ``eta_k`` are a momentum
+   bank of those EMA features grouped by the teacher's pseudo-labels; weights
+   ``w_ik = softmax_k(-||h'_i - eta_k|| / tau_d)`` and the retraining labels
+   ``argmax_k w_ik p^T_ik``, ``p^T`` the frozen teacher's probabilities (ProDA:
+   ``weights = get_prototype_weight(ema_out['feat'])``, ``rectified = weights * soft_label``
+   with the soft label from the fixed warm-up model). So the rectification follows the model
+   being trained: as the student learns the target language, its clusters correct the
+   teacher's labels.
 
-``method.prototypes: false`` removes both prototype parts (one override): the teacher stage is
-then the **direct transfer** baseline (a source-only tagger, evaluated on the target) and the
-student stage the **plain teacher-student self-training** baseline (L_KD + cross-entropy on the
-teacher's argmax labels: w = 1).
+Baselines (one override each; experiments/prokd.yaml lists the commands):
+
+- ``method.prototypes: false``: the teacher stage is **direct transfer** (a source-only tagger,
+  evaluated on the target) and the student stage is **TSL** (Wu et al., ACL 2020), the
+  teacher-student baseline ProKD compares with: the student trained by L_KD only, no
+  hard-label term;
+- ``method.student_baseline: self_training`` (with ``prototypes: false``): L_KD plus
+  cross-entropy on the teacher's argmax labels (PST with ``w = 1``), to isolate the
+  rectification from the mere addition of a hard-label term.
 
 Choices where the paper's text could not be read (no official code exists; the full text was
 not reachable with ``search``, only the abstract, which confirms the two components and the
@@ -30,12 +41,14 @@ teacher-student schedule) -- all ⚠ in the spec:
 - L_PA over batch prototypes (global over DDP ranks) of every class present on both sides,
   symmetrised, ``tau = 0.1``, cosine similarity; target prototypes from the tagger's argmax
   on target words (no confidence threshold); the class ``O`` is a prototype like the others;
-- PST: Euclidean distances of L2-normalised features, ``tau_d = 1`` (ProDA's softmax over
-  negative distances, whose prototype rectification the paper's description matches), hard
-  rectified labels; the features are the frozen teacher's (ProDA reads a momentum copy of the
-  model, not the model being trained: a fresh student's features mean nothing at first),
-  the prototypes a momentum bank (0.9) of the target words' features grouped by the
-  teacher's argmax, updated each training step (not in evaluation);
+- PST: Euclidean distances of L2-normalised EMA features, ``tau_d = 1``, hard rectified labels
+  (no ProDA confidence threshold); the EMA copy runs in eval mode (no dropout: every rank
+  computes the same update from the same weights) and starts as the student's initialisation;
+  its momentum is 0.99 (ProDA's 0.999 is for ~10^5 iterations; the benchmark here has ~750
+  student steps). The bank (momentum 0.9) groups the EMA features by the teacher's argmax
+  rather than by the EMA network's own predictions (ProDA's ``calculate_mean_vector`` on
+  ``ema_out['out']``), because a fresh student's EMA head predicts nothing at first (ProDA's
+  EMA starts from the warm-up model; ours from random weights);
 - the KD term is TSL's MSE between softmax probabilities (confirmed in microsoft/vert-papers
   SingleMulti-TS); L_student = L_KD + L_PST, L_teacher = L_CE + L_PA, weights 1
   (``method.loss_weights``).
@@ -78,10 +91,13 @@ SOURCE, TARGET = 0, 1
 class ProKDConfig(MethodConfig):
     name: str = "prokd"
     stage: str = "teacher"  # "teacher" (source CE + L_PA) or "student" (L_KD + L_PST on target)
-    prototypes: bool = True  # false: direct transfer / plain teacher-student (the baselines)
+    prototypes: bool = True  # false: direct transfer (teacher stage) / a baseline student
+    student_baseline: str = "tsl"  # student with prototypes false: "tsl" (L_KD only) or
+    #   "self_training" (L_KD + CE on the teacher's argmax labels)
     temperature: float = 0.1  # tau of L_PA
     distance_temperature: float = 1.0  # tau_d of the PST weights
     momentum: float = 0.9  # of the student's target prototype bank
+    ema_momentum: float = 0.99  # of the student's EMA tower that PST reads
     loss_weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -92,8 +108,14 @@ class ProKDConfig(MethodConfig):
                 "temperature, distance_temperature: must be positive, got "
                 f"{self.temperature} and {self.distance_temperature}"
             )
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum: must be in [0, 1), got {self.momentum}")
+        if self.student_baseline not in ("tsl", "self_training"):
+            raise ValueError(
+                "student_baseline: expected 'tsl' or 'self_training', got "
+                f"{self.student_baseline!r}"
+            )
+        for key in ("momentum", "ema_momentum"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ValueError(f"{key}: must be in [0, 1), got {getattr(self, key)}")
 
 
 @METHODS.register("prokd", ProKDConfig)
@@ -116,6 +138,9 @@ class ProKD(AlignmentModule):
             # the frozen teacher (filled from the teacher stage in prepare_fit)
             self.teacher = copy.deepcopy(self.towers).requires_grad_(False).eval()
             self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
+            #: The EMA copy of the student's tower whose features PST reads (never optimised).
+            self.ema = copy.deepcopy(self.towers).requires_grad_(False).eval()
+            self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
             self.register_buffer("bank", torch.zeros(self.num_tags, self.head.in_features))
             self.register_buffer("bank_seen", torch.zeros(self.num_tags, dtype=torch.bool))
 
@@ -139,6 +164,8 @@ class ProKD(AlignmentModule):
                 )
             self.teacher.load_state_dict(teacher.towers.state_dict())
             self.teacher_head.load_state_dict(teacher.head.state_dict())
+            if int(self.ema_steps) == 0:  # (a resumed run's checkpoint keeps its EMA)
+                self.ema.load_state_dict(self.towers.state_dict())
 
     # ------------------------------------------------------------------ tagging
 
@@ -176,29 +203,48 @@ class ProKD(AlignmentModule):
     def _student_losses(
         self, batch: dict[str, Any], logits: Tensor, target_words: Tensor
     ) -> dict[str, Tensor]:
-        """L_KD and L_PST (or plain self-training) on the batch's target words."""
+        """L_KD and L_PST (TSL: L_KD alone; or plain self-training) on the batch's target
+        words."""
         cfg: ProKDConfig = self.method_cfg
         with torch.no_grad():
             teacher_out = self.encode_teacher(batch)[self.side]
-            teacher_features = F.normalize(teacher_out.tokens, dim=-1).flatten(0, 1)
             teacher_probs = self.token_logits(teacher_out, self.teacher_head)
             teacher_probs = teacher_probs.flatten(0, 1).softmax(-1)
         teacher_labels = teacher_probs.argmax(-1)
-        if cfg.prototypes:
-            self._update_bank(teacher_features, teacher_labels.where(target_words, NO_TAG))
-        if cfg.prototypes and self.bank_seen.any():  # (an evaluation before any step: none)
-            weights = prototype_weights(
-                teacher_features, self.bank, self.bank_seen, cfg.distance_temperature
-            )
-            labels = rectified_labels(teacher_probs, weights)
-        else:
+        terms = {"kd": masked_token_mean(distillation_mse(logits, teacher_probs), target_words)}
+        if not cfg.prototypes:
+            if cfg.student_baseline == "tsl":
+                return terms
             labels = teacher_labels
-        return {
-            "kd": masked_token_mean(distillation_mse(logits, teacher_probs), target_words),
-            "self_training": masked_token_mean(
-                F.cross_entropy(logits, labels, reduction="none"), target_words
-            ),
-        }
+        else:
+            features = self.ema_features(batch)
+            self._update_bank(features, teacher_labels.where(target_words, NO_TAG))
+            labels = self.pst_labels(features, teacher_probs)
+        per_token = F.cross_entropy(logits, labels, reduction="none")
+        return terms | {"self_training": masked_token_mean(per_token, target_words)}
+
+    @torch.no_grad()
+    def ema_features(self, batch: dict[str, Any]) -> Tensor:
+        """L2-normalised token features [B*L, D] of the student's EMA tower, which first takes
+        one momentum step towards the student (training steps only)."""
+        if self.training:
+            m = self.method_cfg.ema_momentum
+            for ema, online in zip(self.ema.parameters(), self.towers.parameters(), strict=True):
+                ema.mul_(m).add_(online.detach(), alpha=1.0 - m)
+            self.ema_steps += 1
+        self.ema.eval()
+        tokens = self.encode_with(self.ema, batch)[self.side].tokens
+        return F.normalize(tokens, dim=-1).flatten(0, 1)
+
+    def pst_labels(self, features: Tensor, teacher_probs: Tensor) -> Tensor:
+        """``argmax_k w_ik p^T_ik`` with ``w`` from the EMA features' distances to the bank
+        (the teacher's argmax before any bank entry exists: an evaluation before training)."""
+        if not self.bank_seen.any():
+            return teacher_probs.argmax(-1)
+        weights = prototype_weights(
+            features, self.bank, self.bank_seen, self.method_cfg.distance_temperature
+        )
+        return rectified_labels(teacher_probs, weights)
 
     @torch.no_grad()
     def _update_bank(self, features: Tensor, labels: Tensor) -> None:

@@ -132,3 +132,19 @@ def test_conll_format_aligns_a_word_of_several_tokens(tmp_path):
     # <cls> eu rejects u . s . call: "U.S." is four tokens, its tag on the first
     assert batch["tags"][0].tolist() == [-1, 3, 0, 2, -1, -1, -1, 0]
     assert batch["label/language"].tolist() == [0, 0, 1, 1]
+
+
+def test_words_cut_by_max_text_len_keep_their_gold_tags(tmp_path):
+    for language in ("en", "de"):
+        (tmp_path / language).mkdir()
+        for split in ("train", "val", "test"):
+            (tmp_path / language / f"{split}.txt").write_text(CONLL)
+    cfg = TaggedCaptionsDataConfig(
+        format="conll", root=str(tmp_path), source_language="en", target_language="de",
+        batch_size=2, eval_batch_size=8, max_text_len=4,
+    )  # fmt: skip
+    batch = next(iter(_module(cfg).val_dataloader()))
+    # <cls> eu rejects u: "U.S." starts inside the cut, "call" is cut off
+    assert batch["tags"][0].tolist() == [-1, 3, 0, 2]
+    assert batch["word_tags"][0].tolist() == [3, 0, 2, 0]  # every word's gold tag
+    assert batch["word_tags"][1].tolist() == [5, -1, -1, -1]  # "Peter", then padding

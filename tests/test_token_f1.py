@@ -84,3 +84,30 @@ def test_evaluator_reads_logits_at_the_tagged_tokens():
     assert values["token_f1/target/f1"] == pytest.approx(80.0)
     with pytest.raises(ValueError, match="token_f1.modality"):
         EVALUATORS["token_f1"](module, datamodule, {"modality": "image"})
+
+
+def test_words_cut_by_max_text_len_count_as_missed_entities():
+    """A sentence of 5 words whose tokens stop after word 2: the cut entity B-SHAPE (word 4)
+    is a missed gold entity, and POSITION (words 2-3) cut in the middle is wrong."""
+    gold = ["B-COLOR", "B-POSITION", "I-POSITION", "O", "B-SHAPE"]
+    ids = [NAMES.index(t) for t in gold]
+    tags = torch.tensor([[-1, ids[0], ids[1]]])  # <cls> + the first two words only
+    logits = F.one_hot(torch.tensor([[0, ids[0], ids[1]]]), len(NAMES)).float()
+    module = SimpleNamespace(modalities=("text",), device=torch.device("cpu"))
+    datamodule = SimpleNamespace(class_names={"tags": NAMES}, language_names=("source", "target"))
+    out = {
+        "outputs": {"logits/text/tags": logits},
+        "labels": {"language": torch.tensor([0])},
+        "index": torch.tensor([0]),
+    }
+    evaluator = EVALUATORS["token_f1"](module, datamodule, {})
+    evaluator.update(out, {"tags": tags, "word_tags": torch.tensor([ids])})
+    with pytest.warns(UserWarning, match="token_f1: 1 sentence"):
+        values = {k: float(v) for k, v in evaluator.compute().items()}
+    # predicted COLOR (right) and POSITION(1, 2) (wrong: gold is 1-3); gold 3 entities
+    assert values["token_f1/source/precision"] == pytest.approx(50.0)
+    assert values["token_f1/source/recall"] == pytest.approx(100 / 3)
+    # without the full gold tags (another family) the cut words are simply not scored
+    plain = EVALUATORS["token_f1"](module, datamodule, {})
+    plain.update(out, {"tags": tags})
+    assert float(plain.compute()["token_f1/source/recall"]) == pytest.approx(100.0)
