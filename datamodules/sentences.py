@@ -8,7 +8,11 @@ the text tower as output ``text@<v>``):
   dropout passes are the positive pair);
 - ``paraphrase``: two sentences with the same meaning (co-cited-like positives);
 - ``nli``: ``text@0`` a premise, ``text@1`` a hypothesis it entails, ``text@2`` one it
-  contradicts (supervised SimCSE's hard negative).
+  contradicts (supervised SimCSE's hard negative);
+- ``paraphrase_nli``: ``text@0`` a sentence, ``text@1`` a paraphrase (the same meaning, as the
+  STS pairs' ``label/paraphrase``), ``text@2`` the contradiction (pair models such as DSE whose
+  positives should be what the test calls positive; from NLI files the entailment is the
+  paraphrase).
 
 Training samples also carry ``item_id`` (the built-in data's meaning id) and ``label/domain``.
 Validation and test samples are STS pairs: ``text`` (sentence 1), ``text@1`` (sentence 2),

@@ -27,11 +27,15 @@ Two methods here, chained by experiments/dse.yaml:
   data. With ``alpha = 0`` the student is the same bi-encoder trained on the labels alone
   (the baseline of the claim; the teacher is not run).
 
-Data: ``sentences`` with ``data.train: nli``: each training sample gives two labelled pairs,
-(premise, entailment) -> 1 and (premise, contradiction) -> 0. Evaluation: the STS pairs'
-``label/paraphrase`` (same meaning), ``classifier/pair/paraphrase/accuracy`` from the pair logits
-(the student's one logit is shown to the evaluator as ``[0, z]``: argmax = ``z > 0``), and the
-sentence embeddings' ``sts/spearman``.
+Data: ``sentences`` with ``data.train: paraphrase_nli`` (the YAMLs; ``nli`` works too): each
+training triple ``text@0..2`` gives two labelled pairs, (``text@0``, ``text@1``) -> 1 and
+(``text@0``, ``text@2``) -> 0; with ``paraphrase_nli`` the positive is a paraphrase (the same
+meaning, what the test's ``label/paraphrase`` calls positive) and the negative the contradiction
+(``nli``'s entailment drops a factor, so its positives are not what the test calls
+paraphrases). Evaluation: the STS pairs' ``label/paraphrase`` (same meaning),
+``classifier/pair/paraphrase/accuracy`` from the pair logits (the student's one logit is shown
+to the evaluator as ``[0, z]``: argmax = ``z > 0``), and the sentence embeddings'
+``sts/spearman``.
 
 Choices (checked against ``microsoft/Distilled-Sentence-Embedding``):
 
@@ -63,7 +67,7 @@ from modules.losses.dse import binary_teacher_logit, dse_terms, pair_features
 from modules.registry import METHODS
 from modules.towers.output import TowerOutput
 
-#: Training views of the ``nli`` data: premise, entailment, contradiction.
+#: Training views of the triples (``nli`` / ``paraphrase_nli``): anchor, positive, negative.
 PREMISE, ENTAILED, CONTRADICTED = "text@0", "text@1", "text@2"
 #: The evaluation pair (an STS pair's two sentences).
 FIRST, SECOND = "text", "text@1"
@@ -297,6 +301,6 @@ def _triple_labels(logits: Tensor) -> Tensor:
 def _check_nli(views: dict[str, int], method: str) -> None:
     if views.get("text") != 3:
         raise ValueError(
-            f"method {method} trains on premise / entailment / contradiction triples: "
-            f"set data.train: nli (the data has {views.get('text', 0)} training views of text)"
+            f"method {method} trains on (anchor, positive, negative) triples: set data.train: "
+            f"nli or paraphrase_nli (the data has {views.get('text', 0)} training views of text)"
         )

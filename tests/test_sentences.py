@@ -224,6 +224,30 @@ def test_nli_batches_and_sts_pairs(tmp_path):
     assert torch.equal(pairs["label/paraphrase"], (pairs["target/score"] == 5).long())
 
 
+def test_paraphrase_nli_triples_are_paraphrase_and_contradiction(tmp_path):
+    dm = datamodule(tmp_path, train="paraphrase_nli")
+    assert dm.views == {"text": 3}
+    texts = dm.source.split("train").texts
+    for i in range(5):
+        sample = dm.datasets["train"][i]
+        assert sample["text@0"] == texts["sentence"][i]
+        assert sample["text@1"] == texts["paraphrase"][i] != texts["entailment"][i]
+        assert sample["text@2"] == texts["contradiction"][i]
+    assert {"text@0_ids", "text@1_ids", "text@2_ids"} <= set(next(iter(dm.train_dataloader())))
+    # from an NLI file: the entailment is the paraphrase
+    row = {"sentence1": "a cat sat .", "sentence2": "a cat rested .", "gold_label": "entailment"}
+    rows = [row, {**row, "sentence2": "a dog sat .", "gold_label": "contradiction"}]
+    (tmp_path / "nli.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    (tmp_path / "sts.tsv").write_text(
+        "sentence1\tsentence2\tscore\na cat sat .\ta dog ran .\t1.0\n", encoding="utf-8"
+    )
+    files = dict(format="files", root=str(tmp_path), val_file="sts.tsv", test_file="sts.tsv")
+    dm = datamodule(tmp_path, **files, train_file="nli.jsonl", train="paraphrase_nli")
+    sample = dm.datasets["train"][0]
+    triple = [sample[f"text@{v}"] for v in range(3)]
+    assert triple == ["a cat sat .", "a cat rested .", "a dog sat ."]
+
+
 def test_files_format(tmp_path):
     (tmp_path / "wiki.txt").write_text("a cat sat .\na dog ran .\n" * 8, encoding="utf-8")
     (tmp_path / "sts.tsv").write_text(

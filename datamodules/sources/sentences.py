@@ -27,6 +27,7 @@ TRAIN_COLUMNS = {
     "unsupervised": ("sentence", "sentence"),
     "paraphrase": ("sentence", "paraphrase"),
     "nli": ("sentence", "entailment", "contradiction"),
+    "paraphrase_nli": ("sentence", "paraphrase", "contradiction"),
 }
 
 
@@ -78,7 +79,8 @@ class EmbeddedSentences(EmbeddedSource[SentenceSplit]):
 @SOURCES.register("sentences", "files")
 class SentenceFiles(Source[SentenceSplit]):
     """``data.train_file``: one sentence per line (``.txt``, wiki1m: modes ``unsupervised``)
-    or SNLI/MNLI JSONL (``.jsonl``: modes ``nli`` and ``paraphrase``, premise and entailment);
+    or SNLI/MNLI JSONL (``.jsonl``: modes ``nli``, ``paraphrase`` and ``paraphrase_nli``, where
+    the entailment doubles as the paraphrase);
     ``data.val_file`` / ``data.test_file``: STS-B or SICK TSVs. Relative paths are under
     ``data.root``."""
 
@@ -94,8 +96,8 @@ class SentenceFiles(Source[SentenceSplit]):
         if nli and cfg.train == "unsupervised" or not nli and cfg.train != "unsupervised":
             raise ValueError(
                 f"data.train: {cfg.train!r} does not fit data.train_file {cfg.train_file} (a .txt "
-                "file of sentences trains 'unsupervised'; an NLI .jsonl file 'nli' or "
-                "'paraphrase')"
+                "file of sentences trains 'unsupervised'; an NLI .jsonl file 'nli', 'paraphrase' "
+                "or 'paraphrase_nli')"
             )
 
     def _path(self, name: str) -> Path:
