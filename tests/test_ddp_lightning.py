@@ -23,7 +23,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.test_resume import run_main
+from tests.processes import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
