@@ -26,14 +26,14 @@ class ALIGNConfig(MethodConfig):
     name: str = "align"
     label_smoothing: float = 0.0
     reduction: str = "sum"  # sum: the paper's L_i2t + L_t2i; mean: their average (as CLIP)
-    chunk_elements: int | None = None  # as for clip: tiles of at most this many logits
+    chunk_elements: int | None = None  # as for clip: null chooses, 0 whole matrix, N tiles
     loss_weights: dict[str, float] = field(default_factory=lambda: {"align": 1.0})
 
     def __post_init__(self) -> None:
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {self.reduction!r}")
-        if self.chunk_elements is not None and self.chunk_elements < 1:
-            raise ValueError(f"chunk_elements: must be positive, got {self.chunk_elements}")
+        if self.chunk_elements is not None and self.chunk_elements < 0:
+            raise ValueError(f"chunk_elements: must be >= 0 or null, got {self.chunk_elements}")
 
 
 @METHODS.register("align", ALIGNConfig)

@@ -22,14 +22,15 @@ from modules.towers.output import TowerOutput
 class CLIPConfig(MethodConfig):
     name: str = "clip"
     label_smoothing: float = 0.0
-    # compute the loss in tiles of at most this many logits (None: the whole B x B matrix);
-    # same value and gradients, memory O(chunk_elements) instead of O(B^2)
+    # how the B x B logits are computed, same value and gradients: null chooses (the whole
+    # matrix for small batches, tiles above: modules/losses/chunked.py choose_block_elements),
+    # 0 the whole matrix, N > 0 tiles of at most N logits (memory O(N) instead of O(B^2))
     chunk_elements: int | None = None
     loss_weights: dict[str, float] = field(default_factory=lambda: {"clip": 1.0})
 
     def __post_init__(self) -> None:
-        if self.chunk_elements is not None and self.chunk_elements < 1:
-            raise ValueError(f"chunk_elements: must be positive, got {self.chunk_elements}")
+        if self.chunk_elements is not None and self.chunk_elements < 0:
+            raise ValueError(f"chunk_elements: must be >= 0 or null, got {self.chunk_elements}")
 
 
 @METHODS.register("clip", CLIPConfig)

@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from modules.losses import chunked
 from modules.losses.chunked import _tiles, chunked_soft_cross_entropy
+from modules.losses.contrastive import clip_loss
 
 
 def leaves(rows: int, cols: int, dim: int = 5, seed: int = 0, dtype=torch.float64):
@@ -43,3 +45,35 @@ def test_rejects_a_non_positive_block():
     a, b, scale = leaves(2, 2)
     with pytest.raises(ValueError, match="block_elements"):
         chunked_soft_cross_entropy(a, b, scale, torch.arange(2), torch.arange(2), 0.0, 0)
+
+
+def test_the_automatic_choice_is_the_full_matrix_up_to_its_limit_then_tiles():
+    assert chunked.choose_block_elements(2048, 2048) == 0
+    assert chunked.choose_block_elements(2049, 2049) == chunked.DEFAULT_BLOCK_ELEMENTS
+    # a DDP rank's layout: two passes, so tiles only once a matrix outgrows memory bandwidth
+    assert chunked.choose_block_elements(4096, 8192, processes=2) == 0
+    assert chunked.choose_block_elements(16384, 32768, processes=2) > 0
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_clip_loss_takes_the_fused_tiles_above_the_limit_with_the_full_matrix_value(
+    monkeypatch, eps
+):
+    """With the limit lowered to 20 logits, a batch of 9 goes through the one-pass tiles (6
+    logits each); value and gradients equal the full matrix's to float64 rounding."""
+    a, b, scale = leaves(9, 9, seed=2)
+    ids = torch.tensor([0, 1, 1, 2, 3, 3, 3, 4, 5])
+    full = clip_loss(a, b, scale, ids, eps, block_elements=0)
+    want = (full, *torch.autograd.grad(full, (a, b, scale)))
+    passes = []
+    fused = chunked._TiledTwoWayLogSumExp.apply
+    monkeypatch.setattr(chunked, "PLAIN_MAX_LOGITS", 20)
+    monkeypatch.setattr(chunked, "DEFAULT_BLOCK_ELEMENTS", 6)
+    monkeypatch.setattr(
+        chunked._TiledTwoWayLogSumExp, "apply", lambda *args: passes.append(args[3]) or fused(*args)
+    )
+    tiled = clip_loss(a, b, scale, ids, eps)
+    got = (tiled, *torch.autograd.grad(tiled, (a, b, scale)))
+    assert passes == [6]
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-12)

@@ -13,9 +13,15 @@ tiles' log-sum-exps in the forward pass and recomputes each tile's softmax in th
 so peak memory is O(block_elements) beyond the inputs whatever the batch size. The target term
 is linear in the logits, so it has a closed form, ``sum_j q_ij s_ij = scale <rows_i, t_i>``
 with ``t_i = (1 - eps)/n_i * (sum of the columns sharing row i's id) + eps/C * sum_j cols_j``,
-computed in O((R + C) D) with ordinary autograd. Under DDP the caller passes this rank's rows
-and columns with their ids; the columns are gathered here (``gather_with_grad``, ids with
-``gather_no_grad``), exactly as the plain loss does.
+computed in O((R + C) D) with ordinary autograd.
+
+The symmetric loss on one process (:func:`chunked_symmetric_cross_entropy`) needs the row and
+the column log-sum-exps of one matrix: :class:`_TiledTwoWayLogSumExp` gets both from one product
+per tile, forward and backward (4 products in all against open_clip's 6), and its tiles stay in
+cache where the full matrix's softmax passes go to memory. Under DDP the caller passes this
+rank's rows and columns with their ids; the columns are gathered here (``gather_with_grad``,
+ids with ``gather_no_grad``), exactly as the plain loss does, one pass per direction.
+:func:`choose_block_elements` is the rule that picks the full matrix or tiles, and their size.
 """
 
 from __future__ import annotations
@@ -26,7 +32,25 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from modules.distributed import gather_no_grad, gather_with_grad
+from modules.distributed import gather_no_grad, gather_with_grad, world_size
+
+# The rule of choose_block_elements, measured with benchmarks/chunked_infonce.py on 2 CPU cores,
+# D = 512, float32 (README, "Scale out"). One process: the fused tiles (4 products) beat the
+# full matrix (3 products, but softmax passes over memory) from B ~ 2048 on; tiles of 1M-8M
+# logits are within noise of each other. Under DDP a rank's two directions are separate
+# blocks (two tile passes, 8 products, against the full matrices' 6), so tiles pay only once
+# the matrices outgrow memory bandwidth, about 16k x 16k logits per matrix (1 GiB in float32).
+PLAIN_MAX_LOGITS = 2048 * 2048
+PLAIN_MAX_LOGITS_PER_DIRECTION = 16384 * 16384
+DEFAULT_BLOCK_ELEMENTS = 2_000_000
+
+
+def choose_block_elements(rows: int, cols: int, processes: int = 1) -> int:
+    """The automatic choice for this rank's [rows, cols] logits: 0 (the full matrix) up to
+    :data:`PLAIN_MAX_LOGITS` entries on one process (:data:`PLAIN_MAX_LOGITS_PER_DIRECTION`
+    under DDP), else tiles of :data:`DEFAULT_BLOCK_ELEMENTS`."""
+    limit = PLAIN_MAX_LOGITS if processes == 1 else PLAIN_MAX_LOGITS_PER_DIRECTION
+    return 0 if rows * cols <= limit else DEFAULT_BLOCK_ELEMENTS
 
 
 def _tiles(rows: int, cols: int, block_elements: int) -> Iterator[tuple[slice, slice]]:
@@ -74,6 +98,51 @@ class _TiledLogSumExp(torch.autograd.Function):
         return grad_rows * scale, grad_cols * scale, grad_scale, None
 
 
+class _TiledTwoWayLogSumExp(torch.autograd.Function):
+    """Both directions' log-sum-exps of ``S = scale * a @ b.T`` from one product per tile:
+    ``lse_a_i = log sum_j exp S_ij`` (a's rows against b) and ``lse_b_j = log sum_i exp S_ij``
+    (b's rows against a).
+
+    Forward: one matmul per tile feeds the row and the column log-sum-exp. Backward: the tile
+    is recomputed once and both directions' gradients come from it,
+    G = diag(g_a) softmax_rows(S) + softmax_cols(S) diag(g_b), dL/da = scale G b,
+    dL/db = scale G^T a, dL/dscale = sum_i <a_i, (G b)_i>: 1 + 1 + 2 products in all, against
+    2 + 4 for two separate directions (each with its own logits matrix, as open_clip's
+    ClipLoss) and 2 + 2 + 4 for two passes of :class:`_TiledLogSumExp`.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, scale, block_elements):
+        lse_a = torch.full((a.shape[0],), -math.inf, dtype=a.dtype, device=a.device)
+        lse_b = torch.full((b.shape[0],), -math.inf, dtype=a.dtype, device=a.device)
+        for r, c in _tiles(a.shape[0], b.shape[0], block_elements):
+            logits = _scaled_product(a[r], b[c], scale)
+            lse_a[r] = torch.logaddexp(lse_a[r], torch.logsumexp(logits, dim=1))
+            lse_b[c] = torch.logaddexp(lse_b[c], torch.logsumexp(logits, dim=0))
+        ctx.save_for_backward(a, b, scale, lse_a, lse_b)
+        ctx.block_elements = block_elements
+        return lse_a, lse_b
+
+    @staticmethod
+    def backward(ctx, grad_a_lse, grad_b_lse):
+        a, b, scale, lse_a, lse_b = ctx.saved_tensors
+        pulled_a, pulled_b = torch.zeros_like(a), torch.zeros_like(b)  # G b and G^T a
+        for r, c in _tiles(a.shape[0], b.shape[0], ctx.block_elements):
+            logits = _scaled_product(a[r], b[c], scale)
+            grad = torch.sub(logits, lse_a[r, None]).exp_().mul_(grad_a_lse[r, None])
+            column_softmax = logits.sub_(lse_b[None, c]).exp_()
+            grad.addcmul_(column_softmax, grad_b_lse[None, c])
+            pulled_a[r].addmm_(grad, b[c])
+            pulled_b[c].addmm_(grad.T, a[r])
+        grad_scale = torch.dot(a.reshape(-1), pulled_a.reshape(-1)).reshape(scale.shape)
+        return pulled_a.mul_(scale), pulled_b.mul_(scale), grad_scale, None
+
+
+def _scaled_product(rows: Tensor, cols: Tensor, scale: Tensor) -> Tensor:
+    """``scale * rows @ cols.T`` in one matmul, without a scaled copy of the rows."""
+    return torch.addmm(rows.new_zeros(()), rows, cols.T, beta=0, alpha=float(scale))
+
+
 def _target_columns(cols: Tensor, row_ids: Tensor, col_ids: Tensor) -> tuple[Tensor, Tensor]:
     """(sum of the columns sharing each row's id [R, D], their count n_i [R]), by sorting the
     column ids rather than comparing R×C pairs."""
@@ -84,6 +153,46 @@ def _target_columns(cols: Tensor, row_ids: Tensor, col_ids: Tensor) -> tuple[Ten
     return sums[slot] * found[:, None].to(cols.dtype), counts[slot] * found
 
 
+def _one_positive_each(row_ids: Tensor, col_ids: Tensor) -> bool:
+    """Row i's only positive is column i (distinct ids, the same on both sides)."""
+    return (
+        row_ids.shape == col_ids.shape
+        and torch.equal(row_ids, col_ids)
+        and len(torch.unique(col_ids)) == len(col_ids)
+    )
+
+
+def _soft_cross_entropy_from_lse(
+    lse: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    scale: Tensor,
+    row_ids: Tensor,
+    col_ids: Tensor,
+    label_smoothing: float,
+) -> Tensor:
+    """``(1/R) sum_i [w_i lse_i - scale <rows_i, t_i>]``: the loss of the module docstring
+    given the rows' log-sum-exps; the target term in closed form. With one positive each
+    (the diagonal) it is two dot products, ``(1 - eps) sum_i <rows_i, cols_i> + eps/C
+    <sum_i rows_i, sum_j cols_j>``, with no [R, D] temporaries to hold for the backward pass."""
+    eps = float(label_smoothing)
+    smoothing = (eps / cols.shape[0]) * torch.dot(rows.sum(dim=0), cols.sum(dim=0))
+    if _one_positive_each(row_ids, col_ids):  # w_i = 1
+        pairs = torch.dot(rows.reshape(-1), cols.reshape(-1))
+        return (lse.sum() - scale * ((1.0 - eps) * pairs + smoothing)) / rows.shape[0]
+    positives, counts = _target_columns(cols, row_ids, col_ids)
+    has_positive = (counts > 0).to(rows.dtype)
+    coefficient = (1.0 - eps) / counts.clamp_min(1).to(rows.dtype)
+    targets = (coefficient[:, None] * positives * rows).sum()
+    row_weight = (1.0 - eps) * has_positive + eps  # w_i = sum_j q_ij
+    return ((row_weight * lse).sum() - scale * (targets + smoothing)) / rows.shape[0]
+
+
+def _check_block(block_elements: int) -> None:
+    if block_elements < 1:
+        raise ValueError(f"block_elements must be positive, got {block_elements}")
+
+
 def chunked_soft_cross_entropy(
     rows: Tensor,
     cols: Tensor,
@@ -91,7 +200,7 @@ def chunked_soft_cross_entropy(
     row_ids: Tensor,
     col_ids: Tensor,
     label_smoothing: float = 0.0,
-    block_elements: int = 4_000_000,
+    block_elements: int = DEFAULT_BLOCK_ELEMENTS,
 ) -> Tensor:
     """Mean over rows of the label-smoothed multi-positive cross-entropy of the logits
     ``scale * rows @ cols.T`` (targets from equal ids), computed in tiles of at most
@@ -100,15 +209,36 @@ def chunked_soft_cross_entropy(
     ``rows`` [R, D] / ``row_ids`` [R] and ``cols`` [C, D] / ``col_ids`` [C]: this rank's local
     rows and columns; the columns of every rank are gathered here.
     """
-    if block_elements < 1:
-        raise ValueError(f"block_elements must be positive, got {block_elements}")
+    _check_block(block_elements)
     cols, col_ids = gather_with_grad(cols), gather_no_grad(col_ids)
     scale = torch.as_tensor(scale, dtype=rows.dtype, device=rows.device)
-    eps = float(label_smoothing)
     lse = _TiledLogSumExp.apply(rows, cols, scale, int(block_elements))
-    positives, counts = _target_columns(cols, row_ids, col_ids)
-    has_positive = (counts > 0).to(rows.dtype)
-    targets = (1.0 - eps) / counts.clamp_min(1).to(rows.dtype)[:, None] * positives
-    targets = targets + (eps / cols.shape[0]) * cols.sum(dim=0)
-    row_weight = (1.0 - eps) * has_positive + eps  # w_i = sum_j q_ij
-    return (row_weight * lse - scale * (rows * targets).sum(dim=1)).mean()
+    return _soft_cross_entropy_from_lse(lse, rows, cols, scale, row_ids, col_ids, label_smoothing)
+
+
+def chunked_symmetric_cross_entropy(
+    a: Tensor,
+    b: Tensor,
+    scale: Tensor | float,
+    ids: Tensor,
+    label_smoothing: float = 0.0,
+    block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+) -> Tensor:
+    """``1/2 [CE(a -> b) + CE(b -> a)]`` of :func:`chunked_soft_cross_entropy`, both directions
+    from one tile pass (:class:`_TiledTwoWayLogSumExp`). Under DDP a rank's two directions are
+    different blocks of the global matrix (its rows of ``a`` against all of ``b``, its rows of
+    ``b`` against all of ``a``), so each direction makes its own pass there, exactly as before.
+    ``ids`` [B]: this rank's sample ids.
+    """
+    _check_block(block_elements)
+    if world_size() > 1:
+        return 0.5 * sum(
+            chunked_soft_cross_entropy(x, y, scale, ids, ids, label_smoothing, block_elements)
+            for x, y in ((a, b), (b, a))
+        )
+    scale = torch.as_tensor(scale, dtype=a.dtype, device=a.device)
+    lse_a, lse_b = _TiledTwoWayLogSumExp.apply(a, b, scale, int(block_elements))
+    return 0.5 * (
+        _soft_cross_entropy_from_lse(lse_a, a, b, scale, ids, ids, label_smoothing)
+        + _soft_cross_entropy_from_lse(lse_b, b, a, scale, ids, ids, label_smoothing)
+    )

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from modules.distributed import gather_no_grad, gather_with_grad, rank, world_size
-from modules.losses.chunked import chunked_soft_cross_entropy
+from modules.losses.chunked import choose_block_elements, chunked_symmetric_cross_entropy
 
 
 def positive_mask(row_ids: Tensor, col_ids: Tensor) -> Tensor:
@@ -80,20 +80,27 @@ def clip_loss(
     `image`, `text`: local [B, D] features, L2-normalised by the caller. `logit_scale`: 1/tau,
     already exponentiated. `ids` [B]: equal ids are positives (targets uniform over them);
     `None` means the diagonal. Under DDP: local rows x gathered global columns, each
-    direction averaged over the local rows. `block_elements`: compute each direction in tiles
-    of at most that many logits (chunked.py), never holding the B x B matrix; same value and
-    gradients.
+    direction averaged over the local rows. `block_elements`: how the logits are computed,
+    with the same value and gradients either way: `None` chooses
+    (:func:`~modules.losses.chunked.choose_block_elements`: the full matrix for small
+    batches, tiles above), `0` the full B x B matrix, `N > 0` tiles of at most N logits
+    (chunked.py), never holding the matrix.
     """
     assert image.shape == text.shape, f"image {tuple(image.shape)} vs text {tuple(text.shape)}"
     batch = image.shape[0]
-    if block_elements is not None:
+    if block_elements is None:
+        block_elements = choose_block_elements(batch, world_size() * batch, world_size())
+    if block_elements:
         own = local_ids(ids, batch, image.device)
-        return 0.5 * sum(
-            chunked_soft_cross_entropy(a, b, logit_scale, own, own, label_smoothing, block_elements)
-            for a, b in ((image, text), (text, image))
+        return chunked_symmetric_cross_entropy(
+            image, text, logit_scale, own, label_smoothing, block_elements
         )
-    logits_i2t = logit_scale * image @ gather_with_grad(text).T
-    logits_t2i = logit_scale * text @ gather_with_grad(image).T
+    if world_size() == 1:  # one matrix serves both directions
+        logits_i2t = logit_scale * image @ text.T
+        logits_t2i = logits_i2t.T
+    else:
+        logits_i2t = logit_scale * image @ gather_with_grad(text).T
+        logits_t2i = logit_scale * text @ gather_with_grad(image).T
     if ids is None:
         target = rank() * batch + torch.arange(batch, device=image.device)
         loss_i2t = F.cross_entropy(logits_i2t, target, label_smoothing=label_smoothing)
