@@ -1,16 +1,26 @@
-"""Our retrieval metric against torchmetrics' retrieval metrics, side by side.
+"""Our retrieval metric against torchmetrics' retrieval metrics and against the matmul peak.
 
     python benchmarks/retrieval.py [--sizes 2000 5000] [--large 100000] [--dim 128] [--repeats 3]
 
-At each size both compute image->text and text->image R@1/5/10 on the same random embeddings
-(one caption per image, noisy copies, so ranks are spread); values must be identical. Each side
-runs in its own subprocess (its own max RSS); the sides alternate and the time ratio is the
-median of the per-repeat ratios. ``--large`` times our metric alone (torchmetrics would need
-the N x N score matrix as one flat tensor).
+At each of ``--sizes`` both compute image->text and text->image R@1/5/10 on the same random
+embeddings (one caption per image, noisy copies, so ranks are spread); values must be
+identical. Each side runs in its own subprocess (its own max RSS); the sides alternate and the
+time ratio is the median of the per-repeat ratios.
+
+At ``--large`` N (torchmetrics would need the N x N score matrix as one flat tensor) our ranks
+(``callbacks/retrieval_ranks.py``, all the metric's work) run against ``matmul``, the one
+N x N x D product both directions need, computed as fast as this machine does it (row stripes
+of 1024 queries into one reused buffer, nothing else): the fraction of the matmul throughput we
+reach is matmul seconds / ours. Also against ``stripes``, the previous implementation (each
+direction its own product, in stripes of rows, comparisons on whole stripes), whose ranks must
+equal ours exactly (compared by a digest of all four rank vectors). Twice: on ``noisy`` copies
+(a trained model: median rank near 1) and on ``random`` pairs (an untrained model: ranks spread
+over N, the worst case for the tiles' early exit).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import sys
@@ -24,9 +34,11 @@ REPO = __file__.rsplit("/benchmarks/", 1)[0]
 KS = (1, 5, 10)
 
 
-def _embeddings(n: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _embeddings(n: int, dim: int, data: str) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     image = F.normalize(torch.randn(n, dim, generator=g), dim=1)
+    if data == "random":
+        return image, F.normalize(torch.randn(n, dim, generator=g), dim=1)
     text = F.normalize(image + 1.5 * torch.randn(n, dim, generator=g) / dim**0.5, dim=1)
     return image, text
 
@@ -56,59 +68,133 @@ def _torchmetrics(image: torch.Tensor, text: torch.Tensor) -> dict[str, float]:
     return out
 
 
-def _measure(kind: str, n: int, dim: int) -> dict:
+def _digest(ranks: dict[str, torch.Tensor]) -> dict[str, str]:
+    return {
+        name: hashlib.sha256(r.long().numpy().tobytes()).hexdigest()[:16]
+        for name, r in sorted(ranks.items())
+    }
+
+
+def _ranks(image: torch.Tensor, text: torch.Tensor) -> dict[str, str]:
+    from callbacks.retrieval_ranks import retrieval_ranks
+
+    ranks = retrieval_ranks(image, text, torch.arange(len(image)))
+    return _digest({name: getattr(ranks, name) for name in ranks.__dataclass_fields__})
+
+
+def _stripes(image: torch.Tensor, text: torch.Tensor) -> dict[str, str]:
+    """The previous implementation, for one caption per image: per direction, stripes of rows
+    of its own product; rank 1 + #negatives >= the positive, optimistic 1 + #scores > it."""
+    ranks = {}
+    for name, queries, gallery in (("item", image, text), ("caption", text, image)):
+        rows = max(1, min(1024, (1 << 24) // len(gallery)))
+        columns = gallery.T.contiguous()
+        pessimistic, optimistic = [], []
+        for start in range(0, len(queries), rows):
+            sims = queries[start : start + rows] @ columns
+            own = sims.gather(1, torch.arange(start, start + len(sims))[:, None])
+            pessimistic.append((sims >= own).count_nonzero(dim=1))
+            optimistic.append(1 + (sims > own).count_nonzero(dim=1))
+        ranks[name], ranks[f"{name}_optimistic"] = torch.cat(pessimistic), torch.cat(optimistic)
+    return _digest(ranks)
+
+
+def _matmul(image: torch.Tensor, text: torch.Tensor) -> dict:
+    """The N x N product alone, in stripes of 1024 rows into one buffer."""
+    columns = text.T.contiguous()
+    buffer = image.new_empty(1024, len(text))
+    for start in range(0, len(image), 1024):
+        rows = image[start : start + 1024]
+        torch.mm(rows, columns, out=buffer[: len(rows)])
+    return {}
+
+
+SIDES = {
+    "ours": _ours,
+    "torchmetrics": _torchmetrics,
+    "ranks": _ranks,
+    "stripes": _stripes,
+    "matmul": _matmul,
+}
+
+
+def _measure(side: str, n: int, dim: int, data: str) -> dict:
     sys.path.insert(0, REPO)
     import torchmetrics.retrieval  # noqa: F401
 
     import callbacks.metrics  # noqa: F401  (imports are not what is timed)
 
-    image, text = _embeddings(n, dim)
+    image, text = _embeddings(n, dim, data)
+    SIDES[side](image[:64], text[:64])  # one-off start-up costs (thread pools) are not timed
     before = peak_mb()
     start = time.perf_counter()
-    values = (_ours if kind == "ours" else _torchmetrics)(image, text)
+    values = SIDES[side](image, text)
     seconds = time.perf_counter() - start
-    peak = peak_mb() - before
-    return {"seconds": seconds, "peak_mb": peak, "values": values}
+    return {"seconds": seconds, "peak_mb": peak_mb() - before, "values": values}
 
 
-def _run(*args: object) -> dict:
-    """``_measure(*args)`` in a fresh interpreter (its own peak memory)."""
-    return run_isolated(__file__, *args)
+def _runs(sides: list[str], n: int, dim: int, data: str, repeats: int) -> dict[str, list[dict]]:
+    """Every side once per repeat, in turn, each in a fresh interpreter."""
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    for _ in range(repeats):
+        for side in sides:
+            runs[side].append(run_isolated(__file__, side, n, dim, data))
+    return runs
 
 
-def main() -> None:
-    if sys.argv[1:2] == ["--measure"]:
-        kind, n, dim = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-        print(json.dumps(_measure(kind, n, dim)))
-        return
-    import argparse
+def _median(runs: list[dict]) -> float:
+    return statistics.median(r["seconds"] for r in runs)
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 5000])
-    parser.add_argument("--large", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+
+def against_torchmetrics(sizes: list[int], dim: int, repeats: int) -> None:
     print("peak MB: memory added on top of the embeddings (max RSS, per subprocess)")
     print("N       ours s  torchmetrics s  speed-up  ours MB  torchmetrics MB  identical")
-    for n in args.sizes:
-        ratios, ours, theirs = [], [], []
-        for _ in range(args.repeats):
-            ours.append(_run("ours", n, args.dim))
-            theirs.append(_run("torchmetrics", n, args.dim))
-            ratios.append(theirs[-1]["seconds"] / ours[-1]["seconds"])
+    for n in sizes:
+        runs = _runs(["ours", "torchmetrics"], n, dim, "noisy", repeats)
+        ours, theirs = runs["ours"], runs["torchmetrics"]
+        ratios = [t["seconds"] / o["seconds"] for o, t in zip(ours, theirs, strict=True)]
         same = all(
             abs(ours[0]["values"][k] - theirs[0]["values"][k]) < 1e-4 for k in ours[0]["values"]
         )
         print(
-            f"{n:<7d} {statistics.median(r['seconds'] for r in ours):6.3f}  "
-            f"{statistics.median(r['seconds'] for r in theirs):14.3f}  "
+            f"{n:<7d} {_median(ours):6.3f}  {_median(theirs):14.3f}  "
             f"{statistics.median(ratios):8.1f}  {max(r['peak_mb'] for r in ours):7.0f}  "
-            f"{max(r['peak_mb'] for r in theirs):15.0f}  {same}"
+            f"{max(r['peak_mb'] for r in theirs):15.0f}  {same}",
+            flush=True,
         )
+
+
+def against_matmul(n: int, dim: int) -> None:
+    print(f"N = {n}, D = {dim}: one run each, sides in turn")
+    print("data     matmul s  ours s  of matmul  stripes s  ours MB  same ranks")
+    for data in ("noisy", "random"):
+        runs = _runs(["matmul", "ranks", "stripes"], n, dim, data, 1)
+        matmul, ours, stripes = (runs[side][0] for side in ("matmul", "ranks", "stripes"))
+        print(
+            f"{data:7s}  {matmul['seconds']:8.1f}  {ours['seconds']:6.1f}  "
+            f"{matmul['seconds'] / ours['seconds']:9.2f}  {stripes['seconds']:9.1f}  "
+            f"{ours['peak_mb']:7.0f}  {ours['values'] == stripes['values']}",
+            flush=True,
+        )
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--measure"]:
+        side, n, dim, data = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+        print(json.dumps(_measure(side, n, dim, data)))
+        return
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[2000, 5000])
+    parser.add_argument("--large", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if args.sizes:
+        against_torchmetrics(args.sizes, args.dim, args.repeats)
     if args.large:
-        big = _run("ours", args.large, args.dim)
-        print(f"{args.large:<7d} {big['seconds']:6.1f}  (ours alone)  peak {big['peak_mb']:.0f} MB")
+        against_matmul(args.large, args.dim)
 
 
 if __name__ == "__main__":

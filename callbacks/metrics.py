@@ -11,7 +11,6 @@ repeated item rows of a multi-caption dataset into one item each.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from torchmetrics import Metric
 from torchmetrics.functional.classification import binary_auroc as _torchmetrics_auroc
 from torchmetrics.utilities import dim_zero_cat
 
+from callbacks.retrieval_ranks import RetrievalRanks, retrieval_ranks
 from modules.losses.contrastive_gap import uniformity
 
 MRV_KINDS = ("std", "var")
@@ -104,17 +104,17 @@ class RetrievalMetrics(_PairedEmbeddings):
     any rank (identical captions of different items, e.g. templated or class-name captions),
     ``compute`` also reports ``R<K>_optimistic``: 1 + the negatives scoring strictly higher,
     the value that top-k-by-index evaluation (CLIP_benchmark) reports for such data.
-    Every score a query is compared with comes from the same similarity product as the score of
-    its positive, so exact ties stay exact. Ranks are computed in blocks of at most
-    ``block_size`` query rows and ``block_elements`` scores, so memory stays bounded however
-    large N is; each direction does its own product.
+    Both directions' ranks come from one similarity product, computed in tiles of at most
+    ``block_size`` query rows and ``block_elements`` scores (callbacks/retrieval_ranks.py), so
+    memory stays bounded however large N is; a positive's score and every score it is compared
+    with come from the same tile product, so exact ties stay exact.
     """
 
     def __init__(
         self,
         ks: tuple[int, ...] = (1, 5, 10),
         block_size: int = 1024,
-        block_elements: int = 1 << 24,
+        block_elements: int = 1 << 20,
         modalities: tuple[str, str] = ("image", "text"),
         **kwargs,
     ) -> None:
@@ -124,64 +124,24 @@ class RetrievalMetrics(_PairedEmbeddings):
         self.block_elements = block_elements
 
     def compute(self) -> dict[str, Tensor]:
-        distinct = self._distinct()
+        return self._summary(self._ranks())
+
+    def _ranks(self) -> RetrievalRanks:
+        return retrieval_ranks(*self._distinct(), self.block_size, self.block_elements)
+
+    def _summary(self, ranks: RetrievalRanks) -> dict[str, Tensor]:
         a, b = self.modalities
         out: dict[str, Tensor] = {}
-        for prefix, (ranks, optimistic) in (
-            (f"{a}_to_{b}", self._item_to_caption_ranks(*distinct)),
-            (f"{b}_to_{a}", self._caption_to_item_ranks(*distinct)),
+        for prefix, pessimistic, optimistic in (
+            (f"{a}_to_{b}", ranks.item, ranks.item_optimistic),
+            (f"{b}_to_{a}", ranks.caption, ranks.caption_optimistic),
         ):
-            out |= _rank_summary(ranks, self.ks, prefix)
-            if not torch.equal(ranks, optimistic):
+            out |= _rank_summary(pessimistic, self.ks, prefix)
+            if not torch.equal(pessimistic, optimistic):
                 optimistic = optimistic.float()
                 for k in self.ks:
                     out[f"{prefix}/R{k}_optimistic"] = 100.0 * (optimistic <= k).float().mean()
         return out
-
-    def _rows_per_block(self, columns: int) -> int:
-        return max(1, min(self.block_size, self.block_elements // max(columns, 1)))
-
-    def _item_to_caption_ranks(
-        self, item: Tensor, caption: Tensor, caption_item: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Per item, pessimistic: 1 + the number of non-captions scoring at least as high as
-        its best caption, i.e. (scores >= best).sum() minus its own captions that reach
-        ``best``; optimistic: 1 + the number scoring strictly higher (no own caption can)."""
-        ranks, optimistic = [], []
-        rows = self._rows_per_block(len(caption))
-        columns = caption.T.contiguous()  # once, not a fresh transposed copy per block
-        buffers = _BlockBuffers(rows, len(caption), item)
-        for start in range(0, len(item), rows):
-            stop = min(start + rows, len(item))
-            sims = buffers.scores(item[start:stop], columns)
-            mine = torch.nonzero((caption_item >= start) & (caption_item < stop)).squeeze(1)
-            owner = caption_item[mine] - start
-            own = sims[owner, mine]  # each caption's score with its item, from the same product
-            best = torch.full((stop - start,), -math.inf, dtype=sims.dtype, device=sims.device)
-            best = best.scatter_reduce(0, owner, own, reduce="amax")
-            tied = torch.zeros(stop - start, dtype=torch.long, device=sims.device)
-            tied = tied.scatter_add(0, owner, (own >= best[owner]).long())
-            ranks.append(1 + buffers.at_least(sims, best[:, None]).count_nonzero(dim=1) - tied)
-            optimistic.append(1 + buffers.above(sims, best[:, None]).count_nonzero(dim=1))
-        return torch.cat(ranks), torch.cat(optimistic)
-
-    def _caption_to_item_ranks(
-        self, item: Tensor, caption: Tensor, caption_item: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Per caption, pessimistic: 1 + the number of other items scoring at least as high
-        as its own (its own column always counts in ``sims >= own``); optimistic: 1 + the
-        number scoring strictly higher."""
-        ranks, optimistic = [], []
-        rows = self._rows_per_block(len(item))
-        columns = item.T.contiguous()
-        buffers = _BlockBuffers(rows, len(item), caption)
-        for start in range(0, len(caption), rows):
-            stop = min(start + rows, len(caption))
-            sims = buffers.scores(caption[start:stop], columns)
-            own = sims.gather(1, caption_item[start:stop, None])
-            ranks.append(buffers.at_least(sims, own).count_nonzero(dim=1))
-            optimistic.append(1 + buffers.above(sims, own).count_nonzero(dim=1))
-        return torch.cat(ranks), torch.cat(optimistic)
 
 
 class RetrievalWithRanks(RetrievalMetrics):
@@ -190,12 +150,8 @@ class RetrievalWithRanks(RetrievalMetrics):
     ``ranks/caption`` per distinct caption in ``index`` order."""
 
     def compute(self) -> dict[str, Tensor]:
-        distinct = self._distinct()
-        return {
-            **super().compute(),
-            "ranks/item": self._item_to_caption_ranks(*distinct)[0],
-            "ranks/caption": self._caption_to_item_ranks(*distinct)[0],
-        }
+        ranks = self._ranks()
+        return {**self._summary(ranks), "ranks/item": ranks.item, "ranks/caption": ranks.caption}
 
 
 def mean_rank_variance(ranks: Tensor, kind: str = "std") -> Tensor:
@@ -207,25 +163,6 @@ def mean_rank_variance(ranks: Tensor, kind: str = "std") -> Tensor:
     ranks = ranks.double()
     spread = ranks.var(dim=0, correction=0) if kind == "var" else ranks.std(dim=0, correction=0)
     return spread.mean()
-
-
-class _BlockBuffers:
-    """One score block and one comparison block, reused for every block of a ranking pass:
-    fresh large temporaries per block let the allocator's footprint drift upwards (1.5 GB
-    against 0.3 GB at N = 100k in benchmarks/retrieval.py)."""
-
-    def __init__(self, rows: int, columns: int, like: Tensor) -> None:
-        self._scores = like.new_empty(rows, columns)
-        self._hits = torch.empty(rows, columns, dtype=torch.bool, device=like.device)
-
-    def scores(self, queries: Tensor, gallery_t: Tensor) -> Tensor:
-        return torch.matmul(queries, gallery_t, out=self._scores[: len(queries)])
-
-    def at_least(self, scores: Tensor, threshold: Tensor) -> Tensor:
-        return torch.ge(scores, threshold, out=self._hits[: len(scores)])
-
-    def above(self, scores: Tensor, threshold: Tensor) -> Tensor:
-        return torch.gt(scores, threshold, out=self._hits[: len(scores)])
 
 
 class AlignmentUniformity(_PairedEmbeddings):
