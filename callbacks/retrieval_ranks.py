@@ -112,8 +112,8 @@ def retrieval_ranks(
     best = best.scatter_reduce(0, owner, own, reduce="amax")
     tied = torch.zeros(len(items), dtype=torch.long, device=own.device)
     tied = tied.scatter_add(0, owner, (own >= best[owner]).long())
-    item_above, item_equal = (torch.zeros(len(items), dtype=torch.long) for _ in range(2))
-    caption_above, caption_equal = (torch.zeros(len(captions), dtype=torch.long) for _ in range(2))
+    item_above, item_equal = (owner.new_zeros(len(items)) for _ in range(2))
+    caption_above, caption_equal = (owner.new_zeros(len(captions)) for _ in range(2))
     for r in _spans(len(items), rows):
         for c in _spans(len(captions), cols):
             scores = tiles.scores(r, c)
@@ -133,13 +133,15 @@ def _own_scores(tiles: _Tiles, owner: Tensor, num_items: int) -> Tensor:
     """Each caption's score with its own item, read from the tiles that hold the positives
     (``owner`` sorted, so item rows ``r`` own one contiguous run of captions)."""
     own = tiles.items.new_empty(len(owner))
-    bounds = torch.searchsorted(owner, torch.arange(0, num_items + tiles.rows, tiles.rows))
+    starts = torch.arange(0, num_items + tiles.rows, tiles.rows, device=owner.device)
+    bounds = torch.searchsorted(owner, starts).tolist()
     for r in _spans(num_items, tiles.rows):
-        first, last = int(bounds[r.start // tiles.rows]), int(bounds[r.start // tiles.rows + 1])
+        first, last = bounds[r.start // tiles.rows], bounds[r.start // tiles.rows + 1]
         for c in _spans(len(owner), tiles.cols):
             lo, hi = max(first, c.start), min(last, c.stop)
             if lo >= hi:
                 continue
             scores = tiles.scores(r, c)
-            own[lo:hi] = scores[owner[lo:hi] - r.start, torch.arange(lo, hi) - c.start]
+            columns = torch.arange(lo - c.start, hi - c.start, device=owner.device)
+            own[lo:hi] = scores[owner[lo:hi] - r.start, columns]
     return own

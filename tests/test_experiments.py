@@ -102,7 +102,12 @@ TINY_EXTRA = {
     # evaluation items
     "coconut.yaml": ["data.num_train=96", "data.num_val=32", "data.num_test=32"],
     # the tiny corpora's seed dictionary holds fewer pairs than a batch of 16
-    "si_en_alignment.yaml": ["stages.align.data.batch_size=4"],
+    # (and its stages set their own epochs: 5 and 30)
+    "si_en_alignment.yaml": [
+        "stages.align.data.batch_size=4",
+        "stages.embed.trainer.max_epochs=1",
+        "stages.align.trainer.max_epochs=2",
+    ],
     # the bag-of-words coherence: loading the pretrained MiniLM would cost seconds here
     # (tests/test_causal_lm.py checks the generation metrics themselves)
     "contrastive_search.yaml": ["evaluation.options.generation.coherence=bow"],

@@ -53,7 +53,7 @@ def test_sigterm_exits_143_marks_the_run_killed_and_resumes_from_another_directo
         str(RUN),
         str(REPO_ROOT / "experiments" / "clip.yaml"),
         *[o for o in TINY if not o.startswith("trainer.max_epochs")],
-        "trainer.max_epochs=8",
+        "trainer.max_epochs=4",  # 8 steps: killed after the checkpoint at step 2
         "checkpoint_every_n_steps=2",
         f"output_dir={relative}",
         f"logger.tracking_uri=sqlite:///{store}",
