@@ -22,6 +22,8 @@ cache where the full matrix's softmax passes go to memory. Under DDP the caller 
 rank's rows and columns with their ids; the columns are gathered here (``gather_with_grad``,
 ids with ``gather_no_grad``), exactly as the plain loss does, one pass per direction.
 :func:`choose_block_elements` is the rule that picks the full matrix or tiles, and their size.
+fp16/bf16 inputs are computed in float32 with autocast off, so the forward tiles and their
+recomputation in the backward pass are the same numbers.
 """
 
 from __future__ import annotations
@@ -74,28 +76,28 @@ class _TiledLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rows, cols, scale, block_elements):
-        scaled = rows * scale
+        alpha = float(scale)  # one host sync per call; addmm takes a number
         lse = torch.full((rows.shape[0],), -math.inf, dtype=rows.dtype, device=rows.device)
         for r, c in _tiles(rows.shape[0], cols.shape[0], block_elements):
-            lse[r] = torch.logaddexp(lse[r], torch.logsumexp(scaled[r] @ cols[c].T, dim=1))
-        ctx.save_for_backward(rows, cols, scale, lse)
-        ctx.block_elements = block_elements
+            logits = _scaled_product(rows[r], cols[c], alpha)
+            lse[r] = torch.logaddexp(lse[r], torch.logsumexp(logits, dim=1))
+        ctx.save_for_backward(rows, cols, lse)
+        ctx.block_elements, ctx.alpha, ctx.scale_shape = block_elements, alpha, scale.shape
         return lse
 
     @staticmethod
     def backward(ctx, grad_lse):
-        rows, cols, scale, lse = ctx.saved_tensors
-        grad_rows, grad_cols = torch.zeros_like(rows), torch.zeros_like(cols)
+        rows, cols, lse = ctx.saved_tensors
+        pulled = torch.zeros_like(rows)  # P cols, weighted by g
+        grad_cols = torch.zeros_like(cols)
         weighted_rows = grad_lse[:, None] * rows
-        grad_scale = torch.zeros_like(scale)
-        alpha = float(scale)  # addmm takes a number
         for r, c in _tiles(rows.shape[0], cols.shape[0], ctx.block_elements):
-            softmax = torch.addmm(-lse[r, None], rows[r], cols[c].T, alpha=alpha).exp_()
-            pulled = softmax @ cols[c]
-            grad_rows[r] += grad_lse[r, None] * pulled
-            grad_scale += (weighted_rows[r] * pulled).sum()
-            grad_cols[c] += softmax.T @ weighted_rows[r]
-        return grad_rows * scale, grad_cols * scale, grad_scale, None
+            softmax = _scaled_product(rows[r], cols[c], ctx.alpha).sub_(lse[r, None]).exp_()
+            pulled[r].addmm_(softmax, cols[c])
+            grad_cols[c].addmm_(softmax.T, weighted_rows[r])
+        pulled.mul_(grad_lse[:, None])
+        grad_scale = _sum_of_products(rows, pulled).reshape(ctx.scale_shape)
+        return pulled.mul_(ctx.alpha), grad_cols.mul_(ctx.alpha), grad_scale, None
 
 
 class _TiledTwoWayLogSumExp(torch.autograd.Function):
@@ -113,34 +115,47 @@ class _TiledTwoWayLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b, scale, block_elements):
+        alpha = float(scale)  # one host sync per call; addmm takes a number
         lse_a = torch.full((a.shape[0],), -math.inf, dtype=a.dtype, device=a.device)
         lse_b = torch.full((b.shape[0],), -math.inf, dtype=a.dtype, device=a.device)
         for r, c in _tiles(a.shape[0], b.shape[0], block_elements):
-            logits = _scaled_product(a[r], b[c], scale)
+            logits = _scaled_product(a[r], b[c], alpha)
             lse_a[r] = torch.logaddexp(lse_a[r], torch.logsumexp(logits, dim=1))
             lse_b[c] = torch.logaddexp(lse_b[c], torch.logsumexp(logits, dim=0))
-        ctx.save_for_backward(a, b, scale, lse_a, lse_b)
-        ctx.block_elements = block_elements
+        ctx.save_for_backward(a, b, lse_a, lse_b)
+        ctx.block_elements, ctx.alpha, ctx.scale_shape = block_elements, alpha, scale.shape
         return lse_a, lse_b
 
     @staticmethod
     def backward(ctx, grad_a_lse, grad_b_lse):
-        a, b, scale, lse_a, lse_b = ctx.saved_tensors
+        a, b, lse_a, lse_b = ctx.saved_tensors
         pulled_a, pulled_b = torch.zeros_like(a), torch.zeros_like(b)  # G b and G^T a
         for r, c in _tiles(a.shape[0], b.shape[0], ctx.block_elements):
-            logits = _scaled_product(a[r], b[c], scale)
+            logits = _scaled_product(a[r], b[c], ctx.alpha)
             grad = torch.sub(logits, lse_a[r, None]).exp_().mul_(grad_a_lse[r, None])
             column_softmax = logits.sub_(lse_b[None, c]).exp_()
             grad.addcmul_(column_softmax, grad_b_lse[None, c])
             pulled_a[r].addmm_(grad, b[c])
             pulled_b[c].addmm_(grad.T, a[r])
-        grad_scale = torch.dot(a.reshape(-1), pulled_a.reshape(-1)).reshape(scale.shape)
-        return pulled_a.mul_(scale), pulled_b.mul_(scale), grad_scale, None
+        grad_scale = _sum_of_products(a, pulled_a).reshape(ctx.scale_shape)
+        return pulled_a.mul_(ctx.alpha), pulled_b.mul_(ctx.alpha), grad_scale, None
 
 
-def _scaled_product(rows: Tensor, cols: Tensor, scale: Tensor) -> Tensor:
-    """``scale * rows @ cols.T`` in one matmul, without a scaled copy of the rows."""
-    return torch.addmm(rows.new_zeros(()), rows, cols.T, beta=0, alpha=float(scale))
+def _scaled_product(rows: Tensor, cols: Tensor, alpha: float) -> Tensor:
+    """``alpha * rows @ cols.T`` in one matmul, without a scaled copy of the rows."""
+    return torch.addmm(rows.new_zeros(()), rows, cols.T, beta=0, alpha=alpha)
+
+
+def _row_dots(x: Tensor, y: Tensor) -> Tensor:
+    """``<x_i, y_i>`` per row [R] as a batched matmul: no [R, D] product, no copy of a
+    strided view (e.g. one caption of each item, ``text[:, k]``)."""
+    return torch.einsum("rd,rd->r", x, y)
+
+
+def _sum_of_products(x: Tensor, y: Tensor) -> Tensor:
+    """``sum_i <x_i, y_i>`` as row dots summed, not one dot of B*D terms (which loses
+    precision in float32 at large B)."""
+    return _row_dots(x, y).sum()
 
 
 def _target_columns(cols: Tensor, row_ids: Tensor, col_ids: Tensor) -> tuple[Tensor, Tensor]:
@@ -170,22 +185,36 @@ def _soft_cross_entropy_from_lse(
     row_ids: Tensor,
     col_ids: Tensor,
     label_smoothing: float,
+    diagonal: bool,
 ) -> Tensor:
     """``(1/R) sum_i [w_i lse_i - scale <rows_i, t_i>]``: the loss of the module docstring
-    given the rows' log-sum-exps; the target term in closed form. With one positive each
-    (the diagonal) it is two dot products, ``(1 - eps) sum_i <rows_i, cols_i> + eps/C
-    <sum_i rows_i, sum_j cols_j>``, with no [R, D] temporaries to hold for the backward pass."""
+    given the rows' log-sum-exps; the target term in closed form. Each row's loss is formed
+    before the mean, so large log-sum-exps do not cancel across rows. ``diagonal``: row i's
+    only positive is column i (:func:`_one_positive_each`), so ``w_i = 1`` and the target is
+    ``(1 - eps) <rows_i, cols_i> + eps/C <rows_i, sum_j cols_j>``, with no [R, D]
+    temporaries to hold for the backward pass."""
     eps = float(label_smoothing)
-    smoothing = (eps / cols.shape[0]) * torch.dot(rows.sum(dim=0), cols.sum(dim=0))
-    if _one_positive_each(row_ids, col_ids):  # w_i = 1
-        pairs = torch.dot(rows.reshape(-1), cols.reshape(-1))
-        return (lse.sum() - scale * ((1.0 - eps) * pairs + smoothing)) / rows.shape[0]
+    targets = (eps / cols.shape[0]) * (rows @ cols.sum(dim=0))
+    if diagonal:
+        row_loss = lse - scale * ((1.0 - eps) * _row_dots(rows, cols) + targets)
+        return row_loss.mean()
     positives, counts = _target_columns(cols, row_ids, col_ids)
-    has_positive = (counts > 0).to(rows.dtype)
     coefficient = (1.0 - eps) / counts.clamp_min(1).to(rows.dtype)
-    targets = (coefficient[:, None] * positives * rows).sum()
-    row_weight = (1.0 - eps) * has_positive + eps  # w_i = sum_j q_ij
-    return ((row_weight * lse).sum() - scale * (targets + smoothing)) / rows.shape[0]
+    targets = targets + coefficient * _row_dots(positives, rows)
+    row_weight = (1.0 - eps) * (counts > 0).to(rows.dtype) + eps  # w_i = sum_j q_ij
+    return (row_weight * lse - scale * targets).mean()
+
+
+def _computed_in(x: Tensor) -> torch.dtype:
+    """The loss's dtype for inputs of dtype ``x.dtype``: float32 for half precision (a
+    log-sum-exp over thousands of fp16/bf16 logits is neither finite nor exact), else theirs."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _as_scale(scale: Tensor | float, like: Tensor) -> Tensor:
+    """The temperature as a 0-d tensor of ``like``'s dtype (a [1] parameter too), so the loss
+    is a scalar."""
+    return torch.as_tensor(scale, device=like.device).to(like.dtype).reshape(())
 
 
 def _check_block(block_elements: int) -> None:
@@ -211,9 +240,15 @@ def chunked_soft_cross_entropy(
     """
     _check_block(block_elements)
     cols, col_ids = gather_with_grad(cols), gather_no_grad(col_ids)
-    scale = torch.as_tensor(scale, dtype=rows.dtype, device=rows.device)
-    lse = _TiledLogSumExp.apply(rows, cols, scale, int(block_elements))
-    return _soft_cross_entropy_from_lse(lse, rows, cols, scale, row_ids, col_ids, label_smoothing)
+    diagonal = _one_positive_each(row_ids, col_ids)
+    with torch.autocast(rows.device.type, enabled=False):
+        dtype = _computed_in(rows)
+        rows, cols = rows.to(dtype), cols.to(dtype)
+        scale = _as_scale(scale, rows)
+        lse = _TiledLogSumExp.apply(rows, cols, scale, int(block_elements))
+        return _soft_cross_entropy_from_lse(
+            lse, rows, cols, scale, row_ids, col_ids, label_smoothing, diagonal
+        )
 
 
 def chunked_symmetric_cross_entropy(
@@ -236,9 +271,13 @@ def chunked_symmetric_cross_entropy(
             chunked_soft_cross_entropy(x, y, scale, ids, ids, label_smoothing, block_elements)
             for x, y in ((a, b), (b, a))
         )
-    scale = torch.as_tensor(scale, dtype=a.dtype, device=a.device)
-    lse_a, lse_b = _TiledTwoWayLogSumExp.apply(a, b, scale, int(block_elements))
-    return 0.5 * (
-        _soft_cross_entropy_from_lse(lse_a, a, b, scale, ids, ids, label_smoothing)
-        + _soft_cross_entropy_from_lse(lse_b, b, a, scale, ids, ids, label_smoothing)
-    )
+    diagonal = _one_positive_each(ids, ids)
+    with torch.autocast(a.device.type, enabled=False):
+        dtype = _computed_in(a)
+        a, b = a.to(dtype), b.to(dtype)
+        scale = _as_scale(scale, a)
+        lse_a, lse_b = _TiledTwoWayLogSumExp.apply(a, b, scale, int(block_elements))
+        return 0.5 * (
+            _soft_cross_entropy_from_lse(lse_a, a, b, scale, ids, ids, label_smoothing, diagonal)
+            + _soft_cross_entropy_from_lse(lse_b, b, a, scale, ids, ids, label_smoothing, diagonal)
+        )
