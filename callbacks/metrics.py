@@ -39,6 +39,19 @@ def first_occurrence(ids: Tensor) -> Tensor:
     return order[keep]
 
 
+def _check_one_item_per_caption(index: Tensor, item_id: Tensor, caption_rows: Tensor) -> None:
+    """A caption ``index`` shared by two ``item_id`` s would leave one item without its caption
+    (scored as if it had none): refuse it rather than rank it last."""
+    first_item = item_id[caption_rows][torch.searchsorted(index[caption_rows], index)]
+    clash = (first_item != item_id).nonzero()
+    if len(clash):
+        row = int(clash[0])
+        raise ValueError(
+            f"caption index {int(index[row])} belongs to item_id {int(first_item[row])} and "
+            f"{int(item_id[row])}: each caption index must name one item"
+        )
+
+
 def _at_least_float32(x: Tensor) -> Tensor:
     """bf16/fp16 embeddings to float32 for exact ranking; float64 stays float64."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
@@ -71,6 +84,7 @@ class _PairedEmbeddings(Metric):
         item_id, index = dim_zero_cat(self.item_id), dim_zero_cat(self.index)
         item_rows = first_occurrence(item_id)
         caption_rows = first_occurrence(index)
+        _check_one_item_per_caption(index, item_id, caption_rows)
         caption_item = torch.searchsorted(item_id[item_rows], item_id[caption_rows])
         return item[item_rows], caption[caption_rows], caption_item
 

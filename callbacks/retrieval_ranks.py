@@ -102,6 +102,8 @@ def retrieval_ranks(
     caption (optimistic: 1 + the captions scoring strictly higher). caption -> item: 1 + the
     other items scoring at least as high as its own (optimistic: strictly higher).
     """
+    if len(items) and int(torch.bincount(caption_item, minlength=len(items)).min()) == 0:
+        raise ValueError("every item needs at least one caption (caption_item misses an item)")
     order = torch.argsort(caption_item, stable=True)  # captions grouped by item
     captions, owner = captions[order], caption_item[order]
     rows = max(1, min(max_rows, len(items), max_elements))

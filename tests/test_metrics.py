@@ -117,6 +117,14 @@ def test_retrieval_drops_padded_duplicates_and_ignores_order():
     assert_dicts_close(feed(RetrievalMetrics(block_size=5), reversed_rows, batch=64), want)
 
 
+def test_retrieval_refuses_a_caption_index_shared_by_two_items():
+    """Two items under one caption index would leave one of them captionless, ranked last."""
+    image, text = torch.eye(3), torch.eye(3)
+    item_id, index = torch.tensor([0, 1, 2]), torch.tensor([5, 5, 6])
+    with pytest.raises(ValueError, match="caption index 5 belongs to item_id 0 and 1"):
+        feed(RetrievalMetrics(), (image, text, item_id, index))
+
+
 def test_retrieval_reports_optimistic_recall_only_where_ties_change_a_rank():
     # 6 images of 3 classes, one caption each, the caption is the class name: captions of one
     # class are identical, so every image ties with its class mates' captions

@@ -68,3 +68,9 @@ def test_a_tile_whose_lines_are_all_below_their_thresholds_adds_nothing():
     got = retrieval_ranks(items, items.clone(), torch.arange(8), max_rows=2, max_elements=4)
     assert got.item.tolist() == got.caption.tolist() == [1] * 8
     assert got.item_optimistic.tolist() == got.caption_optimistic.tolist() == [1] * 8
+
+
+def test_an_item_without_a_caption_is_refused_not_ranked_last():
+    items = torch.eye(3)
+    with pytest.raises(ValueError, match="at least one caption"):
+        retrieval_ranks(items, items[:2].clone(), torch.tensor([0, 0]))
