@@ -79,9 +79,10 @@ def build_transforms(steps: Sequence[Mapping[str, Any]] | None) -> A.Compose | N
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """HWC (or a clip's THWC) uint8 -> CHW (TCHW) float32 in [-1, 1] (copies read-only input
-    such as a memory map)."""
+    such as a memory map). Scaled in place: one float buffer rather than three, the same
+    values as ``x.float() / 127.5 - 1``."""
     array = np.require(pixels, requirements=("C", "W"))
-    return torch.from_numpy(array).movedim(-1, -3).float() / 127.5 - 1.0
+    return torch.from_numpy(array).movedim(-1, -3).float().div_(127.5).sub_(1.0)
 
 
 class ImageTransform:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 import datamodules  # noqa: F401  (registers the image-text family)
 from datamodules import ImageTextDataConfig, ImageTextDataModule
@@ -151,3 +152,23 @@ def test_one_language_adds_no_plugin_and_no_parallel_keys():
     (plugin,) = dm._collate_with(None, train=True).plugins
     assert isinstance(plugin, ParallelLanguages) and plugin.train
     assert not dm._collate_with(None, train=False).plugins[0].train
+
+
+class _CollatedInAWorker(Dataset):
+    """One item: whether the image batch :class:`TokenizeCollate` stacks lies in shared memory,
+    asked in the loader worker that collates it."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> bool:
+        collate = TokenizeCollate(WordTokenizer.build(TEXTS, max_len=12))
+        samples = [{"image": torch.zeros(3, 4, 4), "text": t, "index": i} for t in TEXTS]
+        return collate(samples)["image"].is_shared()
+
+
+def test_collate_stacks_in_shared_memory_in_a_loader_worker():
+    """In a worker the batch is stacked straight into shared memory, as PyTorch's
+    default_collate does, rather than copied there when it is sent to the main process."""
+    assert list(DataLoader(_CollatedInAWorker(), batch_size=None, num_workers=1)) == [True]
+    assert not _CollatedInAWorker()[0]  # the main process: ordinary memory

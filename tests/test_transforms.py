@@ -82,3 +82,53 @@ def test_datamodule_augments_training_only(tmp_path, monkeypatch):
         flipped, raw = dm.datasets["train"][i]["image"], plain.datasets["train"][i]["image"]
         assert torch.equal(flipped, raw.flip(-1)) and not torch.equal(flipped, raw)
         assert torch.equal(dm.datasets["val"][i]["image"], plain.datasets["val"][i]["image"])
+
+
+def _train_batches(seed: int, workers: int, augment: AugmentConfig) -> list[dict]:
+    """The training batches of one epoch of a fresh datamodule (torch seeded with ``seed``, as
+    a run seeds it, for the draws made in the main process)."""
+    torch.manual_seed(seed)
+    cfg = ImageTextDataConfig(
+        num_train=16,
+        num_val=4,
+        num_test=4,
+        batch_size=4,
+        num_workers=workers,
+        seed=seed,
+        augment=augment,
+    )
+    dm = ImageTextDataModule(cfg)
+    setup_with_words(dm, "fit")
+    return list(dm.train_dataloader())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_augmentation_draws_repeat_for_a_seed(tmp_path, monkeypatch, workers):
+    """Random augmentation is seeded from torch's seed, not left to albumentations' own
+    OS-seeded generator: the same seed gives the same crops, another seed others; the caption
+    draws are those of the data without augmentation."""
+    monkeypatch.setenv("ALIGNLAB_CACHE", str(tmp_path))
+    crop = {"name": "RandomResizedCrop", "size": [64, 64], "scale": [0.2, 1.0]}
+    augment = AugmentConfig(train=[crop])
+    first, again = _train_batches(0, workers, augment), _train_batches(0, workers, augment)
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(first, again, strict=True))
+    other = _train_batches(1, workers, augment)
+    assert not all(torch.equal(a["image"], b["image"]) for a, b in zip(first, other, strict=True))
+    plain = _train_batches(0, workers, AugmentConfig())
+    assert all(torch.equal(a["index"], b["index"]) for a, b in zip(first, plain, strict=True))
+    assert not all(torch.equal(a["image"], b["image"]) for a, b in zip(first, plain, strict=True))
+
+
+def test_evaluation_augmentation_is_fixed_per_item(tmp_path, monkeypatch):
+    """An evaluation augmentation is drawn from the item id: the same every time."""
+    monkeypatch.setenv("ALIGNLAB_CACHE", str(tmp_path))
+    crop = {"name": "RandomResizedCrop", "size": [64, 64], "scale": [0.2, 1.0]}
+    cfg = ImageTextDataConfig(
+        num_train=8, num_val=4, num_test=4, augment=AugmentConfig(eval=[crop])
+    )
+    dm, again = ImageTextDataModule(cfg), ImageTextDataModule(cfg)
+    setup_with_words(dm, "validate")
+    setup_with_words(again, "validate")
+    val = dm.datasets["val"]
+    assert torch.equal(val[0]["image"], again.datasets["val"][0]["image"])
+    assert torch.equal(val[0]["image"], val[0]["image"])
