@@ -202,8 +202,9 @@ def run_experiment(
             # the last stage always runs, unless resuming an experiment it already finished
             last = i == len(stages) - 1
             reusable = (not last or stage.plain["resume"]) and not stage.plain["rerun_stages"]
-            if reusable and (stage_dir / DONE).is_file():
-                results[stage.name] = _reuse(stage, stage_dir, tracker, parent_id, invocation)
+            finished = _finished(stage_dir) if reusable else None
+            if finished is not None:
+                results[stage.name] = _reuse(stage, finished, tracker, parent_id, invocation)
             else:
                 # one run at a time writes a stage's folder (under DDP: the launching process)
                 lock = stage_lock(stage_dir) if rank_zero_only.rank == 0 else nullcontext()
@@ -232,6 +233,18 @@ def run_experiment(
             tracker.finish(parent_id, end_status(error))
         tracker.flush(root)
     return list(results.values())
+
+
+def _finished(stage_dir: Path) -> Path | None:
+    """A finished stage folder of this config hash: the stage's own, else one another stage
+    name wrote (a name is not part of the hash: clip.yaml's ``main`` and every chain's
+    ``pretrain`` are one config)."""
+    if (stage_dir / DONE).is_file():
+        return stage_dir
+    digest = stage_dir.name.rsplit("-", 1)[-1]
+    return next(
+        (d for d in sorted(stage_dir.parent.glob(f"*-{digest}")) if (d / DONE).is_file()), None
+    )
 
 
 def _write_yaml(stages: list[Stage], hashes: dict[str, str], root: Path) -> Path:

@@ -190,6 +190,18 @@ def test_hycd_logs_a_parent_with_two_nested_stages_and_reuses_pretrain(store, ca
     assert "test/modality_gap" in latest.data.metrics
 
 
+def test_a_stage_reuses_a_finished_stage_of_another_name_with_its_config(tmp_path, caplog):
+    """clip.yaml's ``main`` and hycd.yaml's ``pretrain`` are one config (a stage's name is not
+    part of its hash): the chain starts from the stage clip.yaml trained."""
+    overrides = tiny(tmp_path, "logger.experiment_name=shared")
+    (main,) = run_experiment(load_experiment(EXPERIMENTS / "clip.yaml", overrides))
+    with caplog.at_level(logging.INFO, logger="alignlab"):
+        pretrain, _ = run_experiment(load_experiment(EXPERIMENTS / "hycd.yaml", overrides))
+    assert pretrain.cached and pretrain.hash == main.hash
+    assert pretrain.checkpoint == main.checkpoint
+    assert f"from {main.checkpoint.parent}" in caplog.text
+
+
 def write_jsonl_dataset(root: Path) -> None:
     """Tiny real-format data: coloured squares with two captions each, three splits."""
     from PIL import Image
