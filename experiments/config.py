@@ -226,6 +226,7 @@ def load_yaml_chain(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str,
         raise ConfigError(f"{path}{where}: invalid YAML") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
+    raw.pop("benchmark", None)  # the file's own comparisons (experiments/benchmark.py), not config
     parent = raw.pop("base", None)
     if parent is None:
         return raw
